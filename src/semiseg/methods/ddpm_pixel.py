@@ -1,0 +1,191 @@
+"""Pixel-level classifiers on diffusion features (Baranchuk et al. 2022; braintumor-ddpm).
+
+Each slice is noised to the configured timesteps (q_sample), the frozen EMA denoiser runs once per
+timestep, the activations of the chosen decoder blocks are upsampled bilinearly to the slice size
+and concatenated: one feature vector per pixel. An ensemble of MLPs classifies the pixels; the
+prediction is the members' mean probability (or their vote) and the uncertainty their
+disagreement (entropy of the vote histogram, divided by ln of the class count).
+
+Memory: with the shared fixed noise the features are deterministic, so those of the labelled
+slices are computed once and spilled, half precision, to a file in the run folder. Each slice's
+pixels are written in a random order, so a contiguous run of rows is a random sample of that
+slice; a training step reads a few such runs with ``os.pread`` (no memory map: mapped pages would
+count towards the process's memory as the file is read). Peak memory is therefore one slice's
+features plus one batch, whatever the number of labelled slices.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semiseg.errors import SemisegInputError
+from semiseg.methods.base import Method, TrainContext, register
+from semiseg.methods.ddpm import load_pretrained_denoiser, timestep_index, unet_config
+from semiseg.models.diffusion import DecoderFeatures, build_scheduler, build_unet
+from semiseg.training.batches import SliceSource, parse_slice_item, step_rng
+from semiseg.training.losses import class_weights
+
+#: slices a training step draws its pixels from
+SLICES_PER_STEP = 16
+SPILL_DIR = ".pixel_features"
+
+
+class MLPEnsemble(nn.Module):
+    """``members`` MLPs in -> h1 -> ReLU -> BN -> h2 -> ReLU -> BN -> classes (Baranchuk's design).
+
+    ``forward(x (N, F))`` returns logits (members, N, classes).
+    """
+
+    def __init__(self, in_features: int, hidden: list[int], classes: int, members: int) -> None:
+        super().__init__()
+
+        def mlp() -> nn.Sequential:
+            layers: list[nn.Module] = []
+            width = in_features
+            for h in hidden:
+                layers += [nn.Linear(width, h), nn.ReLU(), nn.BatchNorm1d(h)]
+                width = h
+            return nn.Sequential(*layers, nn.Linear(width, classes))
+
+        self.members = nn.ModuleList(mlp() for _ in range(members))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members])
+
+
+@register
+class DDPMPixel(Method):
+    name = "ddpm-pixel"
+    config_files = ["segmentation", "ddpm_pixel"]
+    needs_ddpm = True
+
+    def __init__(self, config: dict[str, Any], data_info: dict[str, Any]) -> None:
+        super().__init__(config, data_info)
+        if config.get("loss", {}).get("dice_weight"):
+            raise SemisegInputError(None, "ddpm-pixel trains on sampled pixels: set loss.dice_weight to 0")
+        if config["noise"] not in ("shared", "fresh"):
+            raise SemisegInputError(None, f"noise must be 'shared' or 'fresh', got {config['noise']!r}")
+        ddpm = config["ddpm"]
+        size = int(data_info["slice_size"])
+        self.unet = build_unet(unet_config(ddpm["model"], size), self.channels).requires_grad_(False)
+        self.scheduler = build_scheduler(ddpm["diffusion"])
+        self.scale = float(ddpm["diffusion"].get("data_scale", 1.0))
+        self.timesteps = [timestep_index(t, self.scheduler.num_train_timesteps) for t in config["timesteps"]]
+        self.extractor = DecoderFeatures(self.unet, config["blocks"])
+        self.num_features = self.extractor.channels() * len(self.timesteps)
+        self.mlps = MLPEnsemble(self.num_features, list(config["hidden"]), self.num_classes, int(config["ensemble"]))
+        g = torch.Generator().manual_seed(0)
+        # one fixed noise tensor shared by every image (Baranchuk); stored with the weights
+        self.register_buffer("noise", torch.randn((self.channels, size, size), generator=g))
+        w = class_weights(config.get("loss", {}).get("class_weights"), self.num_classes)
+        self.register_buffer("ce_weights", w if w is not None else torch.ones(self.num_classes), persistent=False)
+        self.spill: dict[str, Any] | None = None
+
+    # ---- features --------------------------------------------------------------------------
+    @torch.no_grad()
+    def pixel_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features (B, F, H, W) of images x (B, C, H, W)."""
+        self.unet.eval()
+        x = x / self.scale
+        out = []
+        for t in self.timesteps:
+            noise = self.noise.expand_as(x) if self.config["noise"] == "shared" else torch.randn_like(x)
+            tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+            out.append(self.extractor(self.scheduler.add_noise(original_samples=x, noise=noise, timesteps=tt), tt).float())
+        return torch.cat(out, dim=1)
+
+    # ---- training --------------------------------------------------------------------------
+    def setup(self, ctx: TrainContext) -> None:
+        super().setup(ctx)
+        assert ctx.ddpm_run is not None
+        load_pretrained_denoiser(ctx.ddpm_run, self.unet)
+        self.unet.requires_grad_(False)
+        items = [parse_slice_item(i) for i in ctx.plan["labelled"]]
+        self.source = SliceSource(ctx.cache, items, labelled=True)
+        if self.config["noise"] == "shared":
+            self._write_spill(ctx)
+
+    def _write_spill(self, ctx: TrainContext) -> None:
+        folder = ctx.run_dir / SPILL_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"rank{ctx.info.rank}.f16"
+        pixels = ctx.cache.slice_size**2
+        labels = np.empty((len(self.source), pixels), dtype=np.uint8)
+        with open(path, "wb") as fh:
+            for i in range(len(self.source)):
+                batch = self.source.load([i])
+                feats = self.pixel_features(batch["image"].to(ctx.device))[0]  # (F, H, W)
+                order = np.random.default_rng([ctx.seed, i]).permutation(pixels)
+                rows = feats.reshape(self.num_features, pixels).T[torch.from_numpy(order).to(feats.device)]
+                fh.write(rows.to(torch.float16).cpu().numpy().tobytes())
+                labels[i] = batch["label"][0].reshape(-1).numpy()[order]
+        self.spill = {"path": path, "labels": labels, "pixels": pixels, "fd": os.open(path, os.O_RDONLY)}
+
+    def _read_rows(self, slice_index: int, start: int, count: int) -> np.ndarray:
+        assert self.spill is not None
+        row_bytes = self.num_features * 2
+        offset = (slice_index * self.spill["pixels"] + start) * row_bytes
+        buf = os.pread(self.spill["fd"], count * row_bytes, offset)
+        return np.frombuffer(buf, dtype=np.float16).reshape(count, self.num_features)
+
+    def next_batch(self, step: int) -> dict[str, torch.Tensor]:
+        assert self.ctx is not None
+        rng = step_rng(self.ctx.seed, step, self.ctx.info.rank)
+        total = int(self.config["pixels_per_step"])
+        per = max(total // SLICES_PER_STEP, 1)
+        chosen = rng.integers(0, len(self.source), SLICES_PER_STEP)
+        if self.spill is not None:
+            feats, labels = [], []
+            for s in chosen:
+                start = int(rng.integers(0, self.spill["pixels"] - per + 1))
+                feats.append(self._read_rows(int(s), start, per))
+                labels.append(self.spill["labels"][s, start : start + per])
+            x = torch.from_numpy(np.concatenate(feats).astype(np.float32))
+            y = torch.from_numpy(np.concatenate(labels).astype(np.int64))
+            return {"features": x, "label": y}
+        # fresh noise: features change with every call, so compute them for this step's slices
+        batch = self.source.load(sorted(set(int(s) for s in chosen[:2])))
+        feats = self.pixel_features(batch["image"].to(self.ctx.device))
+        flat = feats.permute(0, 2, 3, 1).reshape(-1, self.num_features)
+        pick = torch.from_numpy(rng.choice(flat.shape[0], min(total, flat.shape[0]), replace=False))
+        return {"features": flat[pick.to(flat.device)], "label": batch["label"].reshape(-1)[pick]}
+
+    def forward(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        logits = self.mlps(batch["features"])  # (M, N, C)
+        m, n, c = logits.shape
+        target = batch["label"].repeat(m)
+        loss = F.cross_entropy(logits.reshape(m * n, c).float(), target, weight=self.ce_weights)
+        return loss, {}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.mlps.parameters())
+
+    def images_per_step(self) -> int:
+        return SLICES_PER_STEP
+
+    def finish(self) -> None:
+        if self.spill is not None:
+            os.close(self.spill["fd"])
+            shutil.rmtree(self.spill["path"].parent, ignore_errors=True)
+            self.spill = None
+
+    # ---- inference -------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, h, w = x.shape
+        feats = self.pixel_features(x).permute(0, 2, 3, 1).reshape(-1, self.num_features)
+        self.mlps.eval()
+        probs = torch.softmax(self.mlps(feats).float(), dim=-1)  # (M, N, C)
+        votes = F.one_hot(probs.argmax(-1), self.num_classes).float().mean(0)  # (N, C)
+        combined = votes if self.config["combine"] == "vote" else probs.mean(0)
+        disagreement = -(votes * torch.log(votes.clamp_min(1e-8))).sum(-1) / math.log(self.num_classes)
+        combined = combined.reshape(b, h, w, self.num_classes).permute(0, 3, 1, 2)
+        return combined.contiguous(), disagreement.reshape(b, h, w)

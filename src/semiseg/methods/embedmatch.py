@@ -1,0 +1,202 @@
+"""Semi-supervised segmentation via embedding matching (Xie et al., MIDL 2024).
+
+A teacher, trained on the labelled data, looks at unlabelled images with Monte Carlo dropout:
+
+* voxels whose predictive uncertainty (entropy of the mean softmax over T passes, divided by
+  ln C) is under the threshold are *reliable*: the teacher's label is their pseudo-label;
+* the other voxels are labelled by *embedding matching*: their L2-normalised decoder embedding
+  (the teacher's last feature map before the head) is compared by cosine similarity with a
+  bounded, class-balanced bank of reference embeddings from labelled voxels; the similarity-
+  weighted vote of the k nearest references gives the label, and the mean similarity can weight
+  the voxel's loss.
+
+The student learns from the labelled loss, the pseudo-label loss and an entropy-minimisation term
+on its unlabelled predictions. The paper publishes no code; every choice it leaves open is a
+setting in ``embedmatch.yaml`` with our default. The reference bank is a FIFO queue per class
+filled from each labelled batch, and matching runs in chunks, so memory is fixed whatever the
+image size. Diagnostics (share of reliable and matched voxels, and, where the "unlabelled" data
+has ground truth, each kind of pseudo-label's accuracy) go to ``diagnostics.csv`` once per pass
+over the unlabelled data and into the training log and progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from semiseg.methods.base import make_ema, register
+from semiseg.methods.mean_teacher import noisy
+from semiseg.methods.segmentation import SegmentationMethod
+from semiseg.models.unet import SegUNet, enable_mc_dropout
+from semiseg.training.log import CsvLog
+from semiseg.training.losses import IGNORE, entropy, sigmoid_rampup
+
+DIAGNOSTICS_FILE = "diagnostics.csv"
+DIAGNOSTIC_KEYS = ("reliable", "matched", "acc_reliable", "acc_matched", "acc_teacher")
+
+
+def flat_voxels(t: torch.Tensor) -> torch.Tensor:
+    """(B, D, *S) -> (B * prod(S), D)."""
+    return t.movedim(1, -1).reshape(-1, t.shape[1])
+
+
+@register
+class EmbedMatch(SegmentationMethod):
+    name = "embedmatch"
+    config_files = ["segmentation", "embedmatch"]
+    semi_supervised = True
+
+    def __init__(self, config: dict[str, Any], data_info: dict[str, Any]) -> None:
+        super().__init__(config, data_info)
+        net = config["network"]
+        self.net = SegUNet(self.dims, self.channels, self.num_classes, net["features"], net.get("dropout", 0.3))
+        self.teacher = make_ema(self.net, float(config["teacher"]["ema_decay"]))
+        if config["teacher"]["policy"] not in ("fixed", "rounds", "ema"):
+            from semiseg.errors import SemisegInputError
+
+            raise SemisegInputError(None, f"teacher.policy must be fixed, rounds or ema, got {config['teacher']['policy']!r}")
+        k = int(config["matching"]["bank_per_class"])
+        d = self.net.embedding_channels
+        self.register_buffer("bank", torch.zeros(self.num_classes, k, d))
+        self.register_buffer("bank_filled", torch.zeros(self.num_classes, dtype=torch.long))
+        self.register_buffer("bank_next", torch.zeros(self.num_classes, dtype=torch.long))
+        self._epoch_sums: dict[str, list[float]] = {}
+        self._diagnostics: CsvLog | None = None
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    # ---- schedule --------------------------------------------------------------------------
+    def warmup_steps(self) -> int:
+        total = self.ctx.total_steps if self.ctx else 0
+        return int(float(self.config["teacher"]["warmup"]) * total)
+
+    def after_optimizer_step(self, step: int) -> None:
+        done, warm = step + 1, self.warmup_steps()
+        policy = self.config["teacher"]["policy"]
+        if done == warm:
+            self.teacher.module.load_state_dict(self.net.state_dict())
+        elif done > warm and policy == "ema":
+            self.teacher.update_parameters(self.net)
+        elif done > warm and policy == "rounds" and (done - warm) % int(self.config["teacher"]["round_steps"]) == 0:
+            self.teacher.module.load_state_dict(self.net.state_dict())
+        self._maybe_write_diagnostics(done)
+
+    # ---- reference bank --------------------------------------------------------------------
+    @torch.no_grad()
+    def enqueue(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add labelled voxels' embeddings (N, D) with class labels (N,) to the per-class FIFO bank,
+        at most an eighth of a class's capacity per call so the bank mixes many images."""
+        k = self.bank.shape[1]
+        per_call = max(k // 8, 1)
+        for c in range(self.num_classes):
+            idx = torch.nonzero(labels == c).squeeze(1)
+            if idx.numel() == 0:
+                continue
+            idx = idx[torch.randperm(idx.numel(), device=idx.device)[:per_call]]
+            pos = (self.bank_next[c] + torch.arange(idx.numel(), device=idx.device)) % k
+            self.bank[c, pos] = embeddings[idx]
+            self.bank_next[c] = (self.bank_next[c] + idx.numel()) % k
+            self.bank_filled[c] = torch.clamp(self.bank_filled[c] + idx.numel(), max=k)
+
+    @torch.no_grad()
+    def match(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label unit-norm embeddings (N, D) by their k nearest references (cosine similarity,
+        similarity-weighted vote); returns labels (N,) and mean top-k similarity (N,)."""
+        c, k_bank, d = self.bank.shape
+        valid = (torch.arange(k_bank, device=queries.device)[None, :] < self.bank_filled[:, None]).reshape(-1)
+        refs = self.bank.reshape(-1, d)[valid]
+        ref_labels = torch.arange(c, device=queries.device).repeat_interleave(k_bank)[valid]
+        k = min(int(self.config["matching"]["k"]), refs.shape[0])
+        labels = torch.empty(queries.shape[0], dtype=torch.long, device=queries.device)
+        sims = torch.empty(queries.shape[0], device=queries.device)
+        chunk = int(self.config["matching"]["chunk"])
+        for s in range(0, queries.shape[0], chunk):
+            sim = queries[s : s + chunk] @ refs.T  # bounded: chunk x bank size
+            top, idx = sim.topk(k, dim=1)
+            votes = torch.zeros(top.shape[0], c, device=queries.device)
+            votes.scatter_add_(1, ref_labels[idx], top.clamp_min(0))
+            labels[s : s + chunk] = votes.argmax(1)
+            sims[s : s + chunk] = top.mean(1)
+        return labels, sims
+
+    # ---- training step ---------------------------------------------------------------------
+    @torch.no_grad()
+    def pseudo_labels(self, u: torch.Tensor, gt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Pseudo-labels (B, *S) and per-voxel loss weights (B, *S) for unlabelled images ``u``."""
+        teacher = self.teacher.module
+        cfg_u, cfg_m = self.config["uncertainty"], self.config["matching"]
+        enable_mc_dropout(teacher)
+        mean = torch.stack([torch.softmax(teacher(u).float(), 1) for _ in range(int(cfg_u["passes"]))]).mean(0)
+        teacher.eval()
+        uncertainty = entropy(mean)
+        teacher_label = mean.argmax(1)
+        reliable = uncertainty < float(cfg_u["threshold"])
+        pseudo = torch.where(reliable, teacher_label, torch.full_like(teacher_label, IGNORE))
+        weights = reliable.float()
+        matched = torch.zeros_like(reliable)
+        if (~reliable).any() and int(self.bank_filled.sum()) > 0:
+            _, emb = teacher.forward_features(u)
+            emb = F.normalize(emb.float(), dim=1)
+            queries = flat_voxels(emb)[(~reliable).reshape(-1)]
+            labels, sims = self.match(queries)
+            flat_pseudo, flat_w, flat_m = pseudo.reshape(-1), weights.reshape(-1), matched.reshape(-1)
+            where = torch.nonzero(~reliable.reshape(-1)).squeeze(1)
+            flat_pseudo[where] = labels
+            flat_w[where] = sims.clamp(0, 1) if cfg_m["weight_by_similarity"] else 1.0
+            flat_m[where] = True
+        diag = {"reliable": float(reliable.float().mean()), "matched": float(matched.float().mean())}
+        if gt is not None:
+            known = gt != IGNORE
+            for key, mask, lab in (("acc_reliable", reliable, teacher_label), ("acc_matched", matched, pseudo), ("acc_teacher", torch.ones_like(reliable), teacher_label)):
+                sel = mask & known
+                diag[key] = float((lab[sel] == gt[sel]).float().mean()) if sel.any() else math.nan
+        return pseudo, weights, diag
+
+    def forward(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        sup = self.supervised_loss(batch)
+        if step < self.warmup_steps() or "unlabelled" not in batch:
+            return sup, {"loss_sup": sup.item()}
+        lab, unl = batch["labelled"], batch["unlabelled"]
+        with torch.no_grad():
+            self.teacher.module.eval()
+            _, emb = self.teacher.module.forward_features(lab["image"])
+            self.enqueue(flat_voxels(F.normalize(emb.float(), dim=1)), lab["label"].reshape(-1))
+        pseudo, weights, diag = self.pseudo_labels(unl["image"], unl.get("gt"))
+        cfg = self.config["loss"]
+        logits = self.net(noisy(unl["image"], float(cfg["noise_std"]))).float()
+        ce = F.cross_entropy(logits, pseudo, ignore_index=IGNORE, reduction="none")
+        pseudo_loss = (ce * weights).sum() / weights.sum().clamp_min(1.0)
+        ent = entropy(torch.softmax(logits, 1)).mean()
+        total = self.ctx.total_steps if self.ctx else 1
+        ramp = sigmoid_rampup((step - self.warmup_steps()) / max(float(cfg["rampup"]) * total, 1.0))
+        loss = sup + ramp * (float(cfg["pseudo_weight"]) * pseudo_loss + float(cfg["entropy_weight"]) * ent)
+        for k, v in diag.items():
+            self._epoch_sums.setdefault(k, []).append(v)
+        return loss, {"loss_sup": sup.item(), "loss_pseudo": pseudo_loss.item(), "loss_entropy": ent.item(), **diag}
+
+    # ---- diagnostics -----------------------------------------------------------------------
+    def _maybe_write_diagnostics(self, done: int) -> None:
+        ctx = self.ctx
+        if ctx is None or not ctx.info.main or self.unlabelled is None:
+            return
+        per_epoch = max(self.unlabelled_stream.per_epoch // self.unlabelled_stream.batch_size, 1)
+        if done % per_epoch and done != ctx.total_steps:
+            return
+        if not self._epoch_sums:
+            return
+        row = {"step": done, "epoch": done / per_epoch}
+        for key in DIAGNOSTIC_KEYS:
+            vals = [v for v in self._epoch_sums.get(key, []) if not math.isnan(v)]
+            row[key] = sum(vals) / len(vals) if vals else math.nan
+        if self._diagnostics is None:
+            self._diagnostics = CsvLog(ctx.run_dir / DIAGNOSTICS_FILE, ctx.start_step if ctx.resumed else None)
+        self._diagnostics.write(row)
+        self._epoch_sums = {}
+
+    def images_per_step(self) -> int:
+        bs = int(self.config["train"]["batch_size"])
+        return bs + int(self.config.get("unlabelled_batch_size") or bs)

@@ -1,0 +1,57 @@
+"""Mean Teacher (Tarvainen & Valpola 2017), the consistency baseline, as SSL4MIS runs it: an EMA
+teacher, Gaussian input noise, MSE between student and teacher softmax on unlabelled data,
+weight ramped up with a sigmoid."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from semiseg.methods.base import make_ema, register
+from semiseg.methods.segmentation import SegmentationMethod
+from semiseg.models.unet import SegUNet
+from semiseg.training.losses import sigmoid_rampup
+
+
+def noisy(x: torch.Tensor, std: float) -> torch.Tensor:
+    """x plus Gaussian noise clamped to +-2 std (SSL4MIS: std 0.1, clamp 0.2)."""
+    return x + torch.clamp(torch.randn_like(x) * std, -2 * std, 2 * std)
+
+
+@register
+class MeanTeacher(SegmentationMethod):
+    name = "mean-teacher"
+    config_files = ["segmentation", "mean_teacher"]
+    semi_supervised = True
+
+    def __init__(self, config: dict[str, Any], data_info: dict[str, Any]) -> None:
+        super().__init__(config, data_info)
+        net = config["network"]
+        self.net = SegUNet(self.dims, self.channels, self.num_classes, net["features"], net.get("dropout", 0.3))
+        self.teacher = make_ema(self.net, float(config["ema_decay"]))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def forward(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        sup = self.supervised_loss(batch)
+        if "unlabelled" not in batch:
+            return sup, {"loss_sup": sup.item()}
+        c = self.config["consistency"]
+        u = batch["unlabelled"]["image"]
+        student = torch.softmax(self.net(noisy(u, c["noise_std"])).float(), dim=1)
+        with torch.no_grad():
+            teacher = torch.softmax(self.teacher(noisy(u, c["noise_std"])).float(), dim=1)
+        total = self.ctx.total_steps if self.ctx else 1
+        weight = float(c["weight"]) * sigmoid_rampup(step / max(float(c["rampup"]) * total, 1.0))
+        cons = F.mse_loss(student, teacher)
+        return sup + weight * cons, {"loss_sup": sup.item(), "loss_cons": cons.item(), "w_cons": weight}
+
+    def after_optimizer_step(self, step: int) -> None:
+        self.teacher.update_parameters(self.net)
+
+    def images_per_step(self) -> int:
+        bs = int(self.config["train"]["batch_size"])
+        return bs + int(self.config.get("unlabelled_batch_size") or bs)

@@ -1,0 +1,84 @@
+"""What every segmentation method shares: labelled (and unlabelled) batches from the cache,
+augmentation, the supervised loss, and prediction as softmax probabilities with their entropy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from semiseg.methods.base import Method, TrainContext
+from semiseg.training.augment import Augmenter
+from semiseg.training.batches import PatchSource, SliceSource, Stream, parse_slice_item, step_rng
+from semiseg.training.losses import SegmentationLoss, entropy
+
+
+class SegmentationMethod(Method):
+    """Base of the segmentation methods. Subclasses define :meth:`logits` (and, if
+    semi-supervised, a ``forward`` that uses ``batch["unlabelled"]``)."""
+
+    def __init__(self, config: dict[str, Any], data_info: dict[str, Any]) -> None:
+        super().__init__(config, data_info)
+        loss = config.get("loss", {})
+        self.loss_fn = SegmentationLoss(self.num_classes, loss.get("dice_weight", 1.0), loss.get("class_weights"))
+        self.labelled: SliceSource | PatchSource | None = None
+        self.unlabelled: SliceSource | PatchSource | None = None
+
+    # ---- data ------------------------------------------------------------------------------
+    def _source(self, ctx: TrainContext, items: list, labelled: bool) -> SliceSource | PatchSource:
+        if self.dims == 2:
+            return SliceSource(ctx.cache, items, labelled)
+        return PatchSource(ctx.cache, items, self.patch_size(), labelled)
+
+    def setup(self, ctx: TrainContext) -> None:
+        super().setup(ctx)
+        plan, bs = ctx.plan, int(self.config["train"]["batch_size"])
+        self.augment = Augmenter(self.config.get("augment", {}), self.dims)
+        items = [parse_slice_item(i) for i in plan["labelled"]] if self.dims == 2 else list(plan["labelled"])
+        self.labelled = self._source(ctx, items, labelled=True)
+        self.labelled_stream = Stream(len(self.labelled), bs, ctx.seed, ctx.info)
+        if self.semi_supervised:
+            if self.dims == 2:
+                taken = set(items)
+                unl = [(c, z) for c in plan["unlabelled_cases"] for z in range(ctx.cache.cases[c].n_slices) if (c, z) not in taken]
+            else:
+                unl = list(plan["unlabelled_cases"])
+            if unl:
+                self.unlabelled = self._source(ctx, unl, labelled=False)
+                ubs = int(self.config.get("unlabelled_batch_size") or bs)
+                self.unlabelled_stream = Stream(len(self.unlabelled), ubs, ctx.seed + 1, ctx.info)
+
+    def _load(self, source: SliceSource | PatchSource, stream: Stream, step: int, stream_id: int) -> dict[str, torch.Tensor]:
+        idx = stream.indices(step)
+        if isinstance(source, PatchSource):
+            assert self.ctx is not None
+            return source.load(idx, step_rng(self.ctx.seed, step, self.ctx.info.rank, stream_id))
+        return source.load(idx)
+
+    def next_batch(self, step: int) -> dict[str, Any]:
+        assert self.ctx is not None and self.labelled is not None
+        lab = self._load(self.labelled, self.labelled_stream, step, 0)
+        seed = int(np.random.SeedSequence([self.ctx.seed, step, self.ctx.info.rank, 7]).generate_state(1)[0])
+        lab["image"], lab["label"] = self.augment(lab["image"], lab["label"], seed)
+        batch: dict[str, Any] = {"labelled": lab}
+        if self.unlabelled is not None:
+            batch["unlabelled"] = self._load(self.unlabelled, self.unlabelled_stream, step, 1)
+        return batch
+
+    # ---- the mathematics -------------------------------------------------------------------
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, C, *S) for images (B, channels, *S)."""
+        raise NotImplementedError
+
+    def supervised_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        lab = batch["labelled"]
+        return self.loss_fn(self.logits(lab["image"]), lab["label"])
+
+    def forward(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.supervised_loss(batch), {}
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        probs = torch.softmax(self.logits(x).float(), dim=1)
+        return probs, entropy(probs)

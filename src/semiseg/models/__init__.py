@@ -1,0 +1,1 @@
+"""Networks: the MONAI diffusion UNet with decoder feature hooks, and the segmentation U-Net."""

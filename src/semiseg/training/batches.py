@@ -1,0 +1,163 @@
+"""Batches read from the cache: 2D slices and 3D patches, labelled or not, in a resumable,
+rank-aware order.
+
+Every batch is a function of (seed, step, rank): the index order comes from PyTorch's
+DistributedSampler (one shuffled permutation per epoch, split across ranks), and patch positions
+from a generator seeded by the step. A resumed run therefore continues exactly where it stopped,
+without storing sampler state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DistributedSampler
+
+from semiseg.preprocess.cache import Cache
+from semiseg.training.distributed import DistInfo
+from semiseg.training.losses import IGNORE
+
+
+class Stream:
+    """Endless stream of index batches over ``n`` items for this rank."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, info: DistInfo) -> None:
+        if n < 1:
+            raise ValueError("cannot stream an empty set of items")
+        self.batch_size = batch_size
+        self.sampler = DistributedSampler(range(n), num_replicas=info.world, rank=info.rank, shuffle=True, seed=seed)
+        self.per_epoch = len(self.sampler)
+        self._epoch = -1
+        self._order: list[int] = []
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        if epoch != self._epoch:
+            self.sampler.set_epoch(epoch)
+            self._order, self._epoch = list(self.sampler), epoch
+        return self._order
+
+    def indices(self, step: int) -> list[int]:
+        """Item indices of batch number ``step``."""
+        out: list[int] = []
+        pos = step * self.batch_size
+        while len(out) < self.batch_size:
+            epoch, offset = divmod(pos + len(out), self.per_epoch)
+            out += self._epoch_order(epoch)[offset : offset + self.batch_size - len(out)]
+        return out
+
+
+def step_rng(seed: int, step: int, rank: int, stream: int = 0) -> np.random.Generator:
+    """A generator determined by (seed, step, rank, stream): the source of all per-step randomness."""
+    return np.random.default_rng([seed, step, rank, stream])
+
+
+def parse_slice_item(item: str) -> tuple[str, int]:
+    """``"case:z"`` -> (case, z)."""
+    case, z = item.rsplit(":", 1)
+    return case, int(z)
+
+
+class SliceSource:
+    """Axial slices of cached cases.
+
+    ``load(indices)`` returns ``{"image": (B, C, S, S) float32, "label": (B, S, S) long}``; the
+    label is the annotation when ``labelled``, else all IGNORE, and ``"gt"`` carries the
+    annotation wherever the cache has one (for diagnostics only: never for training).
+    """
+
+    def __init__(self, cache: Cache, items: Sequence[tuple[str, int]], labelled: bool) -> None:
+        self.cache = cache
+        self.items = list(items)
+        self.labelled = labelled
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _gt(self, case_id: str, z: int) -> np.ndarray:
+        s = self.cache.slice_size
+        if self.cache.cases[case_id].labelled:
+            return np.asarray(self.cache.slice_labels(case_id)[z], dtype=np.int64)
+        return np.full((s, s), IGNORE, dtype=np.int64)
+
+    def load(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        images, gts = [], []
+        for i in indices:
+            case_id, z = self.items[i]
+            images.append(np.asarray(self.cache.slices(case_id)[z], dtype=np.float32))
+            gts.append(self._gt(case_id, z))
+        gt = torch.from_numpy(np.stack(gts))
+        batch = {"image": torch.from_numpy(np.stack(images)), "gt": gt}
+        batch["label"] = gt.clone() if self.labelled else torch.full_like(gt, IGNORE)
+        return batch
+
+
+class PatchSource:
+    """Random 3D patches of cached volumes.
+
+    With probability ``foreground_prob`` (labelled cases only) a patch is centred on a random
+    annotated voxel, nnU-Net's oversampling that keeps small structures in view. Volumes smaller
+    than the patch are padded with the background value. Returns the same keys as SliceSource.
+    """
+
+    def __init__(
+        self,
+        cache: Cache,
+        case_ids: Sequence[str],
+        patch_size: Sequence[int],
+        labelled: bool,
+        foreground_prob: float = 0.33,
+    ) -> None:
+        self.cache = cache
+        self.items = list(case_ids)
+        self.patch = tuple(int(p) for p in patch_size)
+        self.labelled = labelled
+        self.foreground_prob = foreground_prob if labelled else 0.0
+        self.pad = cache.normaliser.background_value()
+        self._foreground: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _foreground_voxels(self, case_id: str) -> np.ndarray:
+        if case_id not in self._foreground:
+            coords = np.argwhere(np.asarray(self.cache.volume_label(case_id)) > 0)
+            if len(coords) > 10_000:  # a bounded sample is enough to pick centres from
+                coords = coords[np.random.default_rng(0).choice(len(coords), 10_000, replace=False)]
+            self._foreground[case_id] = coords
+        return self._foreground[case_id]
+
+    def crop(self, case_id: str, corner: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Patch at ``corner`` (may be padded): image (C, *patch) float32 and gt (*patch) int64."""
+        vol = self.cache.volume(case_id)
+        shape = vol.shape[1:]
+        img = np.empty((vol.shape[0], *self.patch), dtype=np.float32)
+        img[...] = self.pad.reshape(-1, 1, 1, 1)
+        gt = np.full(self.patch, IGNORE if not self.cache.cases[case_id].labelled else 0, dtype=np.int64)
+        src = tuple(slice(c, min(c + p, s)) for c, p, s in zip(corner, self.patch, shape))
+        dst = tuple(slice(0, sl.stop - sl.start) for sl in src)
+        img[(slice(None), *dst)] = vol[(slice(None), *src)]
+        if self.cache.cases[case_id].labelled:
+            gt[dst] = self.cache.volume_label(case_id)[src]
+        return img, gt
+
+    def load(self, indices: Sequence[int], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        images, gts = [], []
+        for i in indices:
+            case_id = self.items[i]
+            shape = self.cache.volume(case_id).shape[1:]
+            hi = [max(s - p, 0) for s, p in zip(shape, self.patch)]
+            fg = self._foreground_voxels(case_id) if (self.foreground_prob and rng.random() < self.foreground_prob) else None
+            if fg is not None and len(fg):
+                centre = fg[rng.integers(len(fg))]
+                corner = [int(min(max(c - p // 2, 0), h)) for c, p, h in zip(centre, self.patch, hi)]
+            else:
+                corner = [int(rng.integers(0, h + 1)) for h in hi]
+            img, gt = self.crop(case_id, corner)
+            images.append(img)
+            gts.append(gt)
+        gt = torch.from_numpy(np.stack(gts))
+        batch = {"image": torch.from_numpy(np.stack(images)), "gt": gt}
+        batch["label"] = gt.clone() if self.labelled else torch.full_like(gt, IGNORE)
+        return batch

@@ -1,0 +1,168 @@
+"""The one training loop every method runs on.
+
+It owns the device, DDP wrapping, bf16 autocast on GPUs, the optimiser and learning-rate
+schedule, gradient clipping, checkpoints every K steps (atomic), exact resume, the progress bar
+(loss, images/s, ETA), ``train_log.csv`` and the loss curve. Per-step randomness is re-seeded from
+(seed, step, rank), so a resumed run continues as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from semiseg.errors import SemisegInputError
+from semiseg.methods.base import Method, TrainContext
+from semiseg.progress import progress_bar
+from semiseg.training.checkpoint import fit_state_dict, latest_checkpoint, load_model_state, load_training_state, save_checkpoint
+from semiseg.training.distributed import all_reduce_mean, barrier
+from semiseg.training.log import CsvLog, plot_loss_curve
+
+LOG_FILE = "train_log.csv"
+CURVE_FILE = "loss_curve.png"
+
+
+def build_optimizer(cfg: dict[str, Any], params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """Adam/AdamW/SGD from a ``train`` config block."""
+    name = cfg.get("optimizer", "adamw").lower()
+    lr = float(cfg["lr"])
+    wd = float(cfg.get("weight_decay", 0.0) or 0.0)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, amsgrad=bool(cfg.get("amsgrad", False)))
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, amsgrad=bool(cfg.get("amsgrad", False)))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=0.99, nesterov=True)
+    raise SemisegInputError(None, f"unknown optimizer {name!r}; choose adamw, adam or sgd")
+
+
+def build_lr_schedule(cfg: dict[str, Any], optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then constant, cosine or nnU-Net's poly (0.9) decay."""
+    kind = cfg.get("schedule", "constant")
+    warmup = int(cfg.get("warmup_steps", 0) or 0)
+    if kind not in ("constant", "cosine", "poly"):
+        raise SemisegInputError(None, f"unknown lr schedule {kind!r}; choose constant, cosine or poly")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        if kind == "poly":
+            return (1 - progress) ** 0.9
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Seed torch's global generator (dropout, noise) from (seed, step, rank)."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, dict):
+            out[k] = _to_device(v, device)
+        elif torch.is_tensor(v):
+            out[k] = v.to(device, non_blocking=True)
+        else:
+            out[k] = v
+    return out
+
+
+def fit(method: Method, ctx: TrainContext, resume: bool = False) -> int:
+    """Train ``method`` for ``ctx.total_steps`` steps in ``ctx.run_dir``; returns the last step.
+
+    With ``resume``, weights, optimiser, schedule and step come from the run's latest checkpoint.
+    """
+    cfg = method.config["train"]
+    info, device, total = ctx.info, ctx.device, ctx.total_steps
+    method.to(device)
+    method.setup(ctx)
+    params = method.trainable_parameters()
+    optimizer = build_optimizer(cfg, params)
+    scheduler = build_lr_schedule(cfg, optimizer, total)
+    start = 0
+    if resume:
+        folder = latest_checkpoint(ctx.run_dir)
+        if folder is not None:
+            fit_state_dict(method, {k: v.to(device) for k, v in load_model_state(folder).items()}, folder)
+            start = load_training_state(folder, optimizer, scheduler)
+    ctx.start_step, ctx.resumed = start, resume
+    model: torch.nn.Module = method
+    if info.distributed:
+        model = DistributedDataParallel(
+            method,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(getattr(method, "find_unused_parameters", False)),
+        )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    )
+    log_every = int(cfg.get("log_every", 50))
+    ckpt_every = int(cfg.get("checkpoint_every", 500))
+    clip = cfg.get("grad_clip")
+    log = CsvLog(ctx.run_dir / LOG_FILE, resume_step=start if resume else None) if info.main else None
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    images = 0
+    t_window = time.perf_counter()
+
+    with progress_bar(info.main) as bar:
+        task = bar.add_task(method.name, total=total, completed=start, info="")
+        for step in range(start, total):
+            seed_step(ctx.seed, step, info.rank)
+            method.train()
+            batch = _to_device(method.next_batch(step), device)
+            with autocast:
+                loss, logs = model(batch, step)
+            if not torch.isfinite(loss):
+                raise SemisegInputError(
+                    ctx.run_dir, f"training diverged: loss is {loss.item()} at step {step}; lower train.lr"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, float(clip))
+            optimizer.step()
+            scheduler.step()
+            method.after_optimizer_step(step)
+
+            images += method.images_per_step() * info.world
+            # a step may report NaN for a value it cannot define (e.g. an accuracy without ground
+            # truth): each value is averaged over the steps that defined it
+            for k, v in {"loss": float(loss.detach()), **logs}.items():
+                sums.setdefault(k, 0.0)
+                counts.setdefault(k, 0)
+                if not math.isnan(float(v)):
+                    sums[k] += float(v)
+                    counts[k] += 1
+            done = step + 1
+            if done % log_every == 0 or done == total:
+                means = {k: (sums[k] / counts[k] if counts[k] else math.nan) for k in sums}
+                means = all_reduce_mean(info, means, device)
+                elapsed = time.perf_counter() - t_window
+                rate = images / max(elapsed, 1e-9)
+                if log is not None:
+                    log.write({"step": done, "lr": scheduler.get_last_lr()[0], "images_per_s": round(rate, 3), **means})
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in list(means.items())[:4])
+                bar.update(task, info=f"{shown}, {rate:.1f} img/s")
+                sums, counts, images, t_window = {}, {}, 0, time.perf_counter()
+            bar.update(task, completed=done)
+            if done % ckpt_every == 0 or done == total:
+                if info.main:
+                    save_checkpoint(ctx.run_dir, done, method, optimizer, scheduler)
+                barrier(info)
+    method.finish()
+    if info.main and (ctx.run_dir / LOG_FILE).exists():
+        plot_loss_curve(ctx.run_dir / LOG_FILE, ctx.run_dir / CURVE_FILE, title=method.name)
+    return total
