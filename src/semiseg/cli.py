@@ -1,0 +1,234 @@
+"""The ``semiseg`` command: a thin typer layer. Each command parses its options, calls one library
+function and prints the result. Users' mistakes (SemisegInputError) become one line on stderr and
+exit code 2; library imports happen inside commands so ``semiseg --help`` stays instant."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="semiseg",
+    help="Label-efficient medical image segmentation: diffusion representations, embedding matching and their baselines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="Preset from the shipped config files (e.g. small).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Your YAML settings (see `semiseg config`).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, e.g. --set train.steps=200 (repeatable).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, mps (default: best available).")]
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to create (BraTS 2021 layout).")],
+    cases: Annotated[int, typer.Option("--cases", "-n", help="Number of cases.")] = 20,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same data.")] = 0,
+    unlabelled: Annotated[int, typer.Option("--unlabelled", help="How many of the cases get no seg file.")] = 0,
+    shape: Annotated[Optional[str], typer.Option("--shape", help="Volume shape X,Y,Z (default 128,128,96).")] = None,
+    spacing: Annotated[Optional[float], typer.Option("--spacing", help="Isotropic voxel spacing in mm (default 1.5).")] = None,
+) -> None:
+    """Write a synthetic 4-contrast brain MRI dataset with glioma-like tumours (BraTS 2021 layout)."""
+    from semiseg.data import phantom
+    from semiseg.errors import SemisegInputError
+    from semiseg.progress import progress_bar
+
+    kwargs: dict = {}
+    if shape:
+        try:
+            kwargs["shape"] = tuple(int(s) for s in shape.split(","))
+        except ValueError:
+            raise SemisegInputError(None, f"--shape {shape!r}: expected three integers like 128,128,96") from None
+        if len(kwargs["shape"]) != 3 or min(kwargs["shape"]) < 16:
+            raise SemisegInputError(None, f"--shape {shape!r}: expected three integers of at least 16")
+    if spacing:
+        kwargs["spacing"] = (spacing,) * 3
+    if cases < 1:
+        raise SemisegInputError(None, f"--cases must be at least 1, got {cases}")
+    with progress_bar() as bar:
+        task = bar.add_task("synth", total=cases, info="")
+        ids = phantom.write_phantom_dataset(
+            out, cases, seed=seed, unlabelled=unlabelled, progress=lambda i, n: bar.update(task, completed=i), **kwargs
+        )
+    typer.echo(f"wrote {len(ids)} cases to {out}")
+
+
+@app.command()
+def prepare(
+    data: Annotated[Path, typer.Argument(help="Dataset folder: BraTS 2021/2023 or nnU-Net v2 raw.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Cache folder to create.")],
+    modalities: Annotated[Optional[str], typer.Option("--modalities", "-m", help="Channels to use, e.g. flair,t1ce (default: all).")] = None,
+    slice_size: Annotated[int, typer.Option("--slice-size", help="Side of the 2D slices in pixels.")] = 128,
+    dims: Annotated[str, typer.Option("--dims", help="What to cache: 2d, 3d or 2d,3d.")] = "2d,3d",
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="Share of labelled patients held out for testing.")] = 0.2,
+    split_seed: Annotated[int, typer.Option("--split-seed", help="Seed of the patient-level split.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing cache.")] = False,
+) -> None:
+    """Preprocess a dataset into a cache: canonical orientation, crop, normalisation, slices, split."""
+    from semiseg.data.cases import discover
+    from semiseg.preprocess.cache import build_cache
+    from semiseg.progress import log, progress_bar
+
+    dataset = discover(data, _csv(modalities))
+    for note in dataset.notes:
+        log(f"note: {note}")
+    log(
+        f"{dataset.format}: {len(dataset.cases)} cases ({len(dataset.labelled_cases)} labelled), "
+        f"channels {', '.join(dataset.modalities)}, labels {dataset.scheme.name}"
+    )
+    with progress_bar() as bar:
+        task = bar.add_task("prepare", total=len(dataset.cases), info="")
+        cache = build_cache(
+            dataset, out, slice_size=slice_size, dims=tuple(_csv(dims) or []), test_fraction=test_fraction,
+            split_seed=split_seed, overwrite=overwrite, progress=lambda i, n: bar.update(task, completed=i),
+        )
+    typer.echo(
+        f"cache {out}: {len(cache.ids('train'))} train, {len(cache.ids('test'))} test, "
+        f"{len(cache.ids('unlabelled'))} unlabelled cases"
+    )
+
+
+@app.command()
+def pretrain(
+    cache: Annotated[Path, typer.Argument(help="Cache folder from `semiseg prepare`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create (or resume).")],
+    preset: PresetOpt = "paper",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Train an unconditional DDPM on every cached slice (labels unused). Runs under torchrun too."""
+    from semiseg.training.runs import train as run_train
+
+    run_train(cache, "ddpm", out, preset=preset, config_file=config, overrides=set_, seed=seed, resume=resume, device=device)
+    typer.echo(f"run {out}")
+
+
+@app.command()
+def train(
+    cache: Annotated[Path, typer.Argument(help="Cache folder from `semiseg prepare`.")],
+    method: Annotated[str, typer.Option("--method", "-M", help="supervised, ddpm-pixel, ddpm-finetune, mean-teacher, embedmatch.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create (or resume).")],
+    labeled: Annotated[Optional[int], typer.Option("--labeled", "-n", help="Number of labelled slices (2D) or cases (3D), drawn with --seed.")] = None,
+    labeled_items: Annotated[Optional[str], typer.Option("--labeled-items", help="Explicit labelled items: case:slice,... (2D) or case,... (3D).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the labelled subset and of training.")] = 0,
+    ddpm: Annotated[Optional[Path], typer.Option("--ddpm", help="Pretrained DDPM run (ddpm-pixel, ddpm-finetune).")] = None,
+    preset: PresetOpt = "default",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Train a segmentation method with few labels. Runs under torchrun too."""
+    from semiseg.training.runs import train as run_train
+
+    run_train(
+        cache, method, out, preset=preset, config_file=config, overrides=set_, labeled=labeled,
+        labeled_items=_csv(labeled_items), seed=seed, ddpm_run=ddpm, resume=resume, device=device,
+    )
+    typer.echo(f"run {out}")
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="A trained run folder.")],
+    input: Annotated[Optional[Path], typer.Argument(help="Dataset folder, case folder, folder of <case>_0000.nii.gz, or one image.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for <case>.nii.gz outputs.")] = Path("predictions"),
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write <case>_prob.nii.gz (one volume per class).")] = False,
+    uncertainty: Annotated[bool, typer.Option("--uncertainty", help="Also write <case>_uncertainty.nii.gz.")] = False,
+    image: Annotated[Optional[list[str]], typer.Option("--image", help="An explicit image set instead of INPUT: modality=path (repeat).")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Segment cases with a trained run; outputs match the input's shape, affine and label values."""
+    from semiseg.errors import SemisegInputError
+    from semiseg.inference.predict import predict as run_predict
+
+    images = None
+    if image:
+        bad = [i for i in image if "=" not in i]
+        if bad:
+            raise SemisegInputError(None, f"--image {bad[0]!r}: expected modality=path")
+        images = dict(i.split("=", 1) for i in image)
+    elif input is None:
+        raise SemisegInputError(None, "give an INPUT folder or file, or --image modality=path")
+    paths = run_predict(run, input or Path("."), out, probabilities, uncertainty, device, images)
+    typer.echo(f"wrote {len(paths)} segmentations to {out}")
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="Folder of <case>.nii.gz predictions.")],
+    gt: Annotated[Path, typer.Argument(help="Ground truth: a dataset folder or a folder of <case>.nii.gz labels.")],
+    scheme: Annotated[Optional[str], typer.Option("--scheme", help="brats2021, brats2023 or binary (default: from the data).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the CSV and JSON (default: PRED).")] = None,
+) -> None:
+    """Dice, IoU and HD95 (mm) per region and case: a per-case CSV, a summary JSON and a table."""
+    from rich.console import Console
+
+    from semiseg.data.labels import get_scheme
+    from semiseg.evaluation.evaluate import evaluate_folders, summary_table
+
+    result = evaluate_folders(pred, gt, get_scheme(scheme) if scheme else None, out)
+    Console().print(summary_table(result))
+    typer.echo(f"wrote {result.per_case_path} and {result.summary_path}")
+
+
+@app.command()
+def sample(
+    run: Annotated[Path, typer.Argument(help="A DDPM run folder (from `semiseg pretrain`).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("samples.png"),
+    n: Annotated[int, typer.Option("--n", help="Number of samples (rows).")] = 16,
+    steps: Annotated[int, typer.Option("--steps", help="DDIM sampling steps.")] = 50,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = None,
+) -> None:
+    """Generate slices with the DDPM (DDIM sampling) and save a grid: one column per modality."""
+    from semiseg.studies.figures import sample_grid
+
+    sample_grid(run, out, n=n, steps=steps, seed=seed, device=device)
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def config(
+    kind: Annotated[str, typer.Argument(help="ddpm, or a method: supervised, ddpm-pixel, ddpm-finetune, mean-teacher, embedmatch.")],
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Print this preset's resolved settings instead of the file.")] = None,
+) -> None:
+    """Print a shipped config file (to copy and edit), or one preset's resolved settings."""
+    import yaml
+
+    from semiseg.config import builtin_text, load_config
+    from semiseg.methods.base import get_method
+
+    files = ["ddpm"] if kind == "ddpm" else get_method(kind).config_files
+    if preset is None:
+        typer.echo("\n".join(builtin_text(f) for f in files))
+    else:
+        typer.echo(yaml.safe_dump(load_config(files, preset), sort_keys=False))
+
+
+def main() -> None:
+    """Console entry point: one line and exit code 2 for users' mistakes, no traceback."""
+    from semiseg.errors import SemisegInputError
+
+    try:
+        app()  # typer handles usage errors, --help and exit codes itself
+    except SemisegInputError as exc:
+        print(f"semiseg: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

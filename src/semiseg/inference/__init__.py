@@ -1,0 +1,1 @@
+"""Inference: any trained method applied to whole cases, written back in the input's geometry."""
