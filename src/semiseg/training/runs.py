@@ -138,6 +138,7 @@ def train(
             write_json(out / CONFIG, record)
         barrier(info)
 
+    torch.manual_seed(int(record["seed"]))  # same seed, same initial weights (on every rank too)
     method = cls(record["config"], record["data"])
     ctx = TrainContext(
         cache=cache,

@@ -1,0 +1,48 @@
+"""Shared fixtures (helpers live in helpers.py so test modules can import them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import TINY_DDPM, write_brats_case
+
+from semiseg.progress import set_enabled
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    set_enabled(False)
+
+
+@pytest.fixture
+def brats_dataset(tmp_path: Path) -> Path:
+    """Six labelled BraTS 2021 cases and one unlabelled one."""
+    root = tmp_path / "brats"
+    for i in range(6):
+        write_brats_case(root, f"BraTS2021_{i:05d}", seed=i)
+    write_brats_case(root, "BraTS2021_00099", label=False, seed=99)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared cache of eight labelled and one unlabelled small cases (32 px slices, 2D and 3D)."""
+    from semiseg.data.cases import discover
+    from semiseg.preprocess.cache import build_cache
+
+    root = tmp_path_factory.mktemp("tiny")
+    for i in range(8):
+        write_brats_case(root / "data", f"case{i:02d}", shape=(36, 36, 24), seed=i)
+    write_brats_case(root / "data", "case99", label=False, shape=(36, 36, 24), seed=99)
+    build_cache(discover(root / "data"), root / "cache", slice_size=32, test_fraction=0.25)
+    return root / "cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_ddpm(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DDPM run trained for a few steps on tiny_cache."""
+    from semiseg.training.runs import train
+
+    out = tmp_path_factory.mktemp("ddpm") / "run"
+    train(tiny_cache, "ddpm", out, preset="small", overrides=TINY_DDPM)
+    return out

@@ -1,0 +1,77 @@
+"""Test helpers: tiny NIfTI datasets written on the fly (no data is committed) and the real-data
+folder beside the project."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+BRATS21 = ("t1", "t1ce", "t2", "flair")
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test when that folder is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available at {path} (only present on the development machines)")
+    return path
+
+
+def write_image(path: Path, data: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def blob_case(shape: tuple[int, int, int] = (24, 24, 16), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A head-like ellipsoid with a tumour: (4, *shape) float32 images and int16 BraTS 2021 labels."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    head = (grid**2).sum(0) < 0.8
+    centre = rng.uniform(-0.2, 0.2, 3).reshape(3, 1, 1, 1)
+    r = np.sqrt(((grid - centre) ** 2).sum(0))
+    label = np.zeros(shape, np.int16)
+    label[(r < 0.45) & head] = 2
+    label[r < 0.3] = 4
+    label[r < 0.15] = 1
+    images = np.stack([head * (100 + 20 * c) + (label > 0) * 50 * (c + 1) + rng.normal(0, 3, shape) * head for c in range(4)])
+    return images.astype(np.float32), label
+
+
+def write_brats_case(
+    root: Path,
+    case_id: str,
+    year: int = 2021,
+    modalities: tuple[str, ...] = BRATS21,
+    label: bool = True,
+    shape: tuple[int, int, int] = (24, 24, 16),
+    seed: int = 0,
+    affine: np.ndarray | None = None,
+) -> Path:
+    """Write one BraTS case folder; returns it."""
+    images, lab = blob_case(shape, seed)
+    folder = root / case_id
+    names = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
+    sep = "_" if year == 2021 else "-"
+    for c, m in enumerate(BRATS21):
+        if m in modalities:
+            write_image(folder / f"{case_id}{sep}{m if year == 2021 else names[m]}.nii.gz", images[c], affine)
+    if label:
+        if year == 2023:
+            lab = np.where(lab == 4, 3, lab).astype(np.int16)
+        write_image(folder / f"{case_id}{sep}seg.nii.gz", lab, affine)
+    return folder
+
+
+
+
+#: settings that make every method train in about a second on the tiny_cache fixture
+TINY = ["train.steps=4", "train.batch_size=2", "train.log_every=2", "train.checkpoint_every=2", "predict.batch_size=4"]
+TINY_NET = ["network.features=[8,8,16,16,16,8]", "patch_size=[32,32,32]"]
+TINY_DDPM = ["train.steps=4", "train.batch_size=2", "train.log_every=2", "train.checkpoint_every=2",
+             "model.base_channels=16", "model.norm_groups=8", "model.channel_mult=[1,2]", "model.attention_resolutions=[16]"]

@@ -1,0 +1,77 @@
+"""Every method trains a few steps on the tiny cache, in 2D and (where it applies) 3D, and its
+predictions are probability maps of the right shape."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import TINY, TINY_NET
+
+from semiseg.inference.predict import predict_slices, predict_volume
+from semiseg.preprocess.cache import Cache
+from semiseg.training.log import read_log
+from semiseg.training.runs import load_trained, train
+
+CASES = [
+    ("supervised", 2, TINY_NET),
+    ("supervised", 3, TINY_NET),
+    ("mean-teacher", 2, TINY_NET),
+    ("embedmatch", 2, TINY_NET + ["teacher.warmup=0.25", "train.batch_size=2"]),
+    ("embedmatch", 3, TINY_NET + ["teacher.warmup=0.25", "uncertainty.passes=2"]),
+    ("ddpm-finetune", 2, []),
+    ("ddpm-pixel", 2, ["ensemble=2", "blocks=[0,1]", "pixels_per_step=256"]),
+]
+
+
+@pytest.mark.parametrize("method,dims,extra", CASES, ids=[f"{m}-{d}d" for m, d, _ in CASES])
+def test_method_trains_and_predicts(method, dims, extra, tiny_cache: Path, tiny_ddpm: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    labeled = 2 if dims == 3 else 3
+    train(tiny_cache, method, run, preset="small", labeled=labeled, seed=1, ddpm_run=tiny_ddpm,
+          overrides=TINY + extra + [f"dims={dims}"])
+    rows = read_log(run / "train_log.csv")
+    assert [r["step"] for r in rows] == [2, 4] and all(np.isfinite(r["loss"]) for r in rows)
+    assert (run / "loss_curve.png").exists()
+    model, record = load_trained(run)
+    assert record["plan"]["dims"] == dims and len(record["plan"]["labelled"]) == labeled
+    cache = Cache(tiny_cache)
+    cid = cache.ids("test")[0]
+    if dims == 2:
+        probs, unc = predict_slices(model, np.asarray(cache.slices(cid)))
+        assert probs.shape == (cache.cases[cid].n_slices, 4, 32, 32)
+    else:
+        probs, unc = predict_volume(model, np.asarray(cache.volume(cid)))
+        assert probs.shape == (4, *cache.volume(cid).shape[1:])
+    assert np.allclose(probs.sum(axis=1 if dims == 2 else 0), 1.0, atol=1e-4)
+    assert unc.min() >= 0 and unc.max() <= 1.0 + 1e-5
+
+
+def test_embedmatch_diagnostics_measured_against_ground_truth(tiny_cache: Path, tmp_path: Path):
+    run = tmp_path / "em"
+    train(tiny_cache, "embedmatch", run, preset="small", labeled=3, seed=0,
+          overrides=TINY + TINY_NET + ["dims=2", "train.steps=6", "teacher.warmup=0.34", "uncertainty.threshold=0.3"])
+    rows = read_log(run / "diagnostics.csv")
+    assert rows, "diagnostics.csv has no rows"
+    last = rows[-1]
+    assert 0.0 <= last["reliable"] <= 1.0 and 0.0 <= last["matched"] <= 1.0
+    assert abs(last["reliable"] + last["matched"] - 1.0) < 1e-6  # the bank is full, so every voxel gets a label
+    # the unlabelled slices come from annotated training patients: accuracies are measured, not NaN
+    assert np.isfinite(last["acc_teacher"])
+
+
+def test_bank_matching_picks_nearest_class():
+    from semiseg.methods.embedmatch import EmbedMatch
+    from semiseg.config import load_config
+    from semiseg.data.labels import BINARY
+
+    cfg = load_config(EmbedMatch.config_files, "small", overrides=["network.features=[8,8,8,8,8,4]", "matching.bank_per_class=8", "matching.k=3", "matching.chunk=2"])
+    data = {"modalities": ["t1"], "scheme": BINARY.to_json(), "slice_size": 32}
+    m = EmbedMatch(cfg, data)
+    a, b = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 1.0, 0, 0])
+    for _ in range(4):  # at most an eighth of the bank per class per call: 1 here
+        m.enqueue(torch.stack([a] * 4 + [b] * 4), torch.tensor([0] * 4 + [1] * 4))
+    assert m.bank_filled.tolist() == [4, 4]
+    labels, sims = m.match(torch.nn.functional.normalize(torch.stack([a + 0.1 * b, b + 0.2 * a, b]), dim=1))
+    assert labels.tolist() == [0, 1, 1]
+    assert sims[2] == pytest.approx(1.0) and sims[0] < 1.0

@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from semiseg.errors import SemisegInputError
+from semiseg.training.checkpoint import (
+    fit_state_dict,
+    latest_checkpoint,
+    load_model_state,
+    load_training_state,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
+
+
+class Tiny(nn.Module):
+    def __init__(self, c: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, 4, 3)
+        self.ema = nn.Linear(2, 2)  # stands in for an EMA copy: stored in ema.safetensors
+
+
+def test_round_trip_with_optimizer(tmp_path: Path):
+    model = Tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss = model.conv(torch.randn(2, 3, 5, 5)).sum() + model.ema(torch.randn(1, 2)).sum()
+    loss.backward()
+    opt.step()
+    folder = save_checkpoint(tmp_path, 7, model, opt, meta={"note": "x"})
+    assert latest_checkpoint(tmp_path) == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.json", "ema.safetensors", "state.safetensors", "weights.safetensors"]
+    assert read_checkpoint_meta(folder)["note"] == "x"
+
+    other = Tiny()
+    fit_state_dict(other, load_model_state(folder), folder)
+    assert torch.equal(other.conv.weight, model.conv.weight) and torch.equal(other.ema.bias, model.ema.bias)
+    opt2 = torch.optim.AdamW(other.parameters(), lr=1e-3)
+    assert load_training_state(folder, opt2, None) == 7
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert torch.equal(s1["state"][0]["exp_avg"], s2["state"][0]["exp_avg"])
+
+
+def test_only_latest_checkpoint_is_kept(tmp_path: Path):
+    model = Tiny()
+    save_checkpoint(tmp_path, 1, model)
+    save_checkpoint(tmp_path, 2, model)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000002"]
+
+
+def test_mismatch_is_one_clear_line(tmp_path: Path):
+    folder = save_checkpoint(tmp_path, 1, Tiny(c=4))
+    with pytest.raises(SemisegInputError, match=r"conv\.weight has shape \(4, 4, 3, 3\) in the checkpoint but \(4, 2, 3, 3\)") as info:
+        fit_state_dict(Tiny(c=2), load_model_state(folder), folder)
+    assert "\n" not in str(info.value)
+
+
+def test_no_pickle_in_checkpoint(tmp_path: Path):
+    folder = save_checkpoint(tmp_path, 1, Tiny())
+    for f in folder.iterdir():
+        assert not f.read_bytes().startswith(b"\x80"), f"{f.name} looks like a pickle"

@@ -1,0 +1,60 @@
+"""A DDPM pretraining killed with SIGKILL midway, then resumed, ends where an uninterrupted run
+ends: same step, same weights, a continuous log."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY_DDPM
+
+from semiseg.training.checkpoint import latest_checkpoint, load_model_state
+from semiseg.training.log import read_log
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = [s for s in TINY_DDPM if not s.startswith(("train.steps", "train.checkpoint_every", "train.log_every"))]
+SETTINGS += ["train.steps=30", "train.checkpoint_every=5", "train.log_every=1"]
+
+
+def cli(*args: str) -> list[str]:
+    cmd = [sys.executable, "-m", "semiseg", *args]
+    for s in SETTINGS:
+        cmd += ["--set", s]
+    return cmd
+
+
+def env() -> dict:
+    return {**os.environ, "SEMISEG_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_cache: Path, tmp_path: Path):
+    straight = tmp_path / "straight"
+    subprocess.run(cli("pretrain", str(tiny_cache), "--out", str(straight), "--preset", "small"), check=True, env=env())
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cli("pretrain", str(tiny_cache), "--out", str(run), "--preset", "small"), env=env())
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ckpt = latest_checkpoint(run) if (run / "latest.json").exists() else None
+        if ckpt is not None and int(ckpt.name.split("-")[1]) >= 10:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = int(latest_checkpoint(run).name.split("-")[1])
+    assert 10 <= killed_at < 30, "the run finished before it could be killed"
+    load_model_state(latest_checkpoint(run))  # loadable right after the kill
+
+    subprocess.run(cli("pretrain", str(tiny_cache), "--out", str(run), "--preset", "small", "--resume"), check=True, env=env())
+    assert latest_checkpoint(run).name == "step-00000030"
+    steps = [int(r["step"]) for r in read_log(run / "train_log.csv")]
+    assert steps == list(range(1, 31))
+    a, b = load_model_state(latest_checkpoint(straight)), load_model_state(latest_checkpoint(run))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), f"{k} differs after resume"
