@@ -219,6 +219,37 @@ def config(
         typer.echo(yaml.safe_dump(load_config(files, preset), sort_keys=False))
 
 
+@app.command()
+def sweep(
+    study: Annotated[Optional[Path], typer.Argument(help="Study YAML (see the README); flags below override its entries.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Study folder.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder (prepared into OUT/cache).")] = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="An existing cache instead of --data.")] = None,
+    methods: Annotated[Optional[str], typer.Option("--methods", help="Comma-separated methods.")] = None,
+    budgets: Annotated[Optional[str], typer.Option("--budgets", help="Comma-separated label budgets, e.g. 2,5,10.")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Comma-separated seeds.")] = None,
+    modalities: Annotated[Optional[str], typer.Option("--modalities", "-m", help="Channels, e.g. flair,t1ce.")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset of every method.")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Label-efficiency sweep: methods x budgets x seeds on one patient-level split; resumable."""
+    from rich.console import Console
+
+    from semiseg.studies.sweep import load_study, read_summary, run_sweep, summary_table
+
+    ints = lambda v: [int(x) for x in _csv(v)] if v else None  # noqa: E731
+    spec = load_study(
+        study, out=str(out) if out else None, data=str(data) if data else None, cache=str(cache) if cache else None,
+        methods=_csv(methods), budgets=ints(budgets), seeds=ints(seeds), modalities=_csv(modalities), preset=preset, device=device,
+    )
+    report = run_sweep(spec)
+    console = Console()
+    summary = read_summary(spec.out)
+    console.print(summary_table(summary, "dice"))
+    console.print(summary_table(summary, "hd95"))
+    typer.echo(f"report: {report}")
+
+
 def main() -> None:
     """Console entry point: one line and exit code 2 for users' mistakes, no traceback."""
     from semiseg.errors import SemisegInputError

@@ -1,0 +1,297 @@
+"""The label-efficiency sweep: one dataset, several methods, several label budgets and seeds,
+one fixed test split by patient, one shared DDPM pretraining; resumable.
+
+Layout of a study folder::
+
+    OUT/study.json            the resolved study
+    OUT/cache/                the prepared data (unless the study names an existing cache)
+    OUT/ddpm/                 the shared DDPM pretraining run (diffusion methods)
+    OUT/runs/<method>/n<budget>-s<seed>/   one run folder each, with test_metrics.csv when finished
+    OUT/results.csv           one row per test slice (or case) x region x metric x method x budget x seed
+    OUT/summary.csv           mean and standard deviation over seeds per method x budget x region x metric
+    OUT/label_efficiency.png, OUT/overlays.png, OUT/report.html
+
+A run counts as finished once its ``test_metrics.csv`` exists (written atomically after training
+and testing); an interrupted run is resumed from its last checkpoint, which continues exactly, so
+a restarted sweep redoes nothing and ends with the results an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from semiseg.atomic import write_json, write_text
+from semiseg.errors import SemisegInputError
+from semiseg.methods.base import get_method
+from semiseg.preprocess.cache import Cache
+from semiseg.progress import log
+
+RESULT_FIELDS = ["method", "budget", "seed", "case", "slice", "region", "metric", "value"]
+SUMMARY_FIELDS = ["method", "budget", "region", "metric", "mean", "std", "n_seeds", "n_values"]
+TEST_METRICS = "test_metrics.csv"
+OVERLAY_PREDICTIONS = "test_overlays.npz"
+
+
+@dataclass
+class Study:
+    """A sweep's definition (the keys of a study YAML file)."""
+
+    out: str
+    methods: list[str]
+    budgets: list[int]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    data: str | None = None
+    cache: str | None = None
+    modalities: list[str] | None = None
+    slice_size: int = 128
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    dims: int = 2
+    preset: str = "default"
+    ddpm: dict[str, Any] = field(default_factory=lambda: {"preset": "paper", "set": [], "run": None})
+    settings: dict[str, list[str]] = field(default_factory=dict)
+    test_slices_per_case: int | None = 7
+    overlays: int = 4
+    device: str | None = None
+
+    def method_overrides(self, method: str) -> list[str]:
+        return list(self.settings.get("all", [])) + list(self.settings.get(method, []))
+
+
+def load_study(path: str | PathLike | None = None, **values: Any) -> Study:
+    """Read a study YAML (relative paths are relative to the file) and/or keyword values."""
+    raw: dict[str, Any] = {}
+    base = Path(".")
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise SemisegInputError(path, "study file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SemisegInputError(path, f"is not valid YAML ({str(exc).splitlines()[0]})") from None
+        base = path.parent
+    raw.update({k: v for k, v in values.items() if v is not None})
+    known = set(Study.__dataclass_fields__)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SemisegInputError(path, f"unknown study setting {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    for key in ("out", "methods", "budgets"):
+        if key not in raw:
+            raise SemisegInputError(path, f"the study needs {key!r}")
+    for key in ("out", "data", "cache"):
+        if raw.get(key) is not None and not Path(raw[key]).is_absolute():
+            raw[key] = str(base / raw[key])
+    if (raw.get("data") is None) == (raw.get("cache") is None):
+        raise SemisegInputError(path, "the study needs exactly one of 'data' (a dataset folder) or 'cache'")
+    ddpm = {"preset": "paper", "set": [], "run": None, **(raw.get("ddpm") or {})}
+    if ddpm.get("run") and not Path(ddpm["run"]).is_absolute():
+        ddpm["run"] = str(base / ddpm["run"])
+    raw["ddpm"] = ddpm
+    study = Study(**raw)
+    for m in study.methods:
+        get_method(m)
+    if not study.budgets or min(study.budgets) < 1:
+        raise SemisegInputError(path, f"budgets must be positive integers, got {study.budgets}")
+    return study
+
+
+def _finished_ddpm(run: Path, steps: int) -> bool:
+    from semiseg.training.checkpoint import latest_checkpoint
+
+    folder = latest_checkpoint(run) if (run / "latest.json").exists() else None
+    return folder is not None and int(folder.name.split("-")[1]) >= steps
+
+
+def prepare_study_cache(study: Study) -> Cache:
+    """The study's cache: the given one, or the dataset prepared into OUT/cache (reused if present)."""
+    from semiseg.data.cases import discover
+    from semiseg.preprocess.cache import build_cache
+
+    if study.cache:
+        return Cache(study.cache)
+    target = Path(study.out) / "cache"
+    if (target / "index.json").exists():
+        return Cache(target)
+    log(f"[bold]prepare[/] {study.data} -> {target}")
+    dataset = discover(study.data, study.modalities)
+    return build_cache(dataset, target, slice_size=study.slice_size, test_fraction=study.test_fraction, split_seed=study.split_seed)
+
+
+def pretrain_study_ddpm(study: Study, cache: Cache) -> Path:
+    """The DDPM shared by the study's diffusion methods: the given run, or OUT/ddpm (resumed)."""
+    from semiseg.config import load_config
+    from semiseg.training.runs import CONFIG, train
+
+    if study.ddpm.get("run"):
+        return Path(study.ddpm["run"])
+    run = Path(study.out) / "ddpm"
+    cfg = load_config(["ddpm"], study.ddpm["preset"], overrides=study.ddpm.get("set") or [])
+    if _finished_ddpm(run, int(cfg["train"]["steps"])):
+        return run
+    resume = (run / CONFIG).exists()
+    if run.exists() and not resume:
+        shutil.rmtree(run)
+    log(f"[bold]pretrain[/] DDPM ({study.ddpm['preset']} preset) -> {run}")
+    train(cache.root, "ddpm", run, preset=study.ddpm["preset"], overrides=study.ddpm.get("set") or [], resume=resume, device=study.device)
+    return run
+
+
+def overlay_slices(cache: Cache, test: list[str], count: int, dims: int) -> list[tuple[str, int]]:
+    """Typical test slices for overlay figures: tumour-bearing slices at evenly spaced quantiles
+    of tumour area (so small, medium and large lesions are all shown), from different patients
+    where possible."""
+    candidates = []
+    for cid in test:
+        voxels = cache.cases[cid].slice_label_voxels
+        if dims == 3 and "3d" in cache.dims:
+            voxels = [int(v) for v in (np.asarray(cache.volume_label(cid)) > 0).sum(axis=(0, 1))]
+        candidates += [(v, cid, z) for z, v in enumerate(voxels) if v > 0]
+    if not candidates or count < 1:
+        return []
+    candidates.sort()
+    picks = []
+    for q in np.linspace(0.2, 0.95, count):
+        v, cid, z = candidates[int(q * (len(candidates) - 1))]
+        if (cid, z) not in picks:
+            picks.append((cid, z))
+    return picks
+
+
+def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run_one(study: Study, cache: Cache, method: str, budget: int, seed: int, ddpm_run: Path | None, keep: list[tuple[str, int]]) -> Path:
+    """Train (or resume) one run of the sweep and score it on the test split, unless finished."""
+    from semiseg.evaluation.holdout import evaluate_on_cache
+    from semiseg.training.distributed import pick_device
+    from semiseg.training.runs import CONFIG, load_trained, train
+
+    run = Path(study.out) / "runs" / method / f"n{budget}-s{seed}"
+    if (run / TEST_METRICS).exists():
+        return run
+    resume = (run / CONFIG).exists()
+    if run.exists() and not resume:
+        shutil.rmtree(run)  # killed before its config was written: nothing to keep
+    cls = get_method(method)
+    t0 = time.perf_counter()
+    train(
+        cache.root, method, run, preset=study.preset, overrides=study.method_overrides(method) + [f"dims={study.dims}"],
+        labeled=budget, seed=seed, ddpm_run=ddpm_run if cls.needs_ddpm else None, resume=resume, device=study.device,
+    )
+    train_seconds = time.perf_counter() - t0
+    model, _ = load_trained(run, pick_device(0, study.device))
+    rows, kept = evaluate_on_cache(model, cache, cache.ids("test"), study.test_slices_per_case, keep)
+    np.savez_compressed(run / OVERLAY_PREDICTIONS, **{k.replace(":", "@"): v for k, v in kept.items()})
+    write_json(run / "timing.json", {"train_seconds_this_session": train_seconds})
+    _write_csv(run / TEST_METRICS, rows, ["case", "slice", "region", "metric", "value"])
+    return run
+
+
+def summarise_results(results: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds of the per-seed means (NaN slices left out)."""
+    per_seed: dict[tuple, list[float]] = {}
+    for r in results:
+        v = float(r["value"])
+        if not math.isnan(v):
+            per_seed.setdefault((r["method"], int(r["budget"]), r["region"], r["metric"], int(r["seed"])), []).append(v)
+    grouped: dict[tuple, list[tuple[float, int]]] = {}
+    for (m, b, reg, met, s), vals in per_seed.items():
+        grouped.setdefault((m, b, reg, met), []).append((float(np.mean(vals)), len(vals)))
+    rows = []
+    for (m, b, reg, met), items in sorted(grouped.items()):
+        means = np.array([x for x, _ in items])
+        rows.append({
+            "method": m, "budget": b, "region": reg, "metric": met,
+            "mean": float(means.mean()), "std": float(means.std(ddof=1)) if len(means) > 1 else 0.0,
+            "n_seeds": len(means), "n_values": int(sum(n for _, n in items)),
+        })
+    return rows
+
+
+def run_sweep(study: Study) -> Path:
+    """Run (or finish) a study; returns the path of its report."""
+    from semiseg.progress import progress_bar
+    from semiseg.studies.report import write_report
+
+    out = Path(study.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "study.json", asdict(study))
+    cache = prepare_study_cache(study)
+    if len(cache.ids("test")) == 0:
+        raise SemisegInputError(cache.root, "has no test patients; prepare it with --test-fraction above 0")
+    needs_ddpm = any(get_method(m).needs_ddpm for m in study.methods)
+    ddpm_run = pretrain_study_ddpm(study, cache) if needs_ddpm else None
+    keep = overlay_slices(cache, cache.ids("test"), study.overlays, study.dims)
+    jobs = [(m, b, s) for b in study.budgets for s in study.seeds for m in study.methods]
+    with progress_bar() as bar:
+        task = bar.add_task("sweep", total=len(jobs), info="")
+        for i, (m, b, s) in enumerate(jobs):
+            bar.update(task, info=f"{m} n={b} seed={s}")
+            run_one(study, cache, m, b, s, ddpm_run, keep)
+            bar.update(task, completed=i + 1)
+    results = []
+    for m, b, s in jobs:
+        for r in _read_csv(out / "runs" / m / f"n{b}-s{s}" / TEST_METRICS):
+            results.append({"method": m, "budget": b, "seed": s, **r})
+    _write_csv(out / "results.csv", results, RESULT_FIELDS)
+    summary = summarise_results(results)
+    _write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
+    return write_report(study, cache, summary, keep, ddpm_run)
+
+
+def summary_table(summary: list[dict], metric: str = "dice"):
+    """A rich table: methods x budgets, one column group per region, mean +- std of ``metric``."""
+    from rich.table import Table
+
+    regions = sorted({r["region"] for r in summary}, key=lambda x: ["WT", "TC", "ET"].index(x) if x in ("WT", "TC", "ET") else 9)
+    table = Table(title=f"{metric} (mean ± sd over seeds)")
+    table.add_column("method")
+    table.add_column("labels", justify="right")
+    for reg in regions:
+        table.add_column(reg, justify="right")
+    index = {(r["method"], r["budget"], r["region"], r["metric"]): r for r in summary}
+    for m in sorted({r["method"] for r in summary}, key=lambda x: (x != "supervised", x)):
+        for b in sorted({r["budget"] for r in summary}):
+            cells = []
+            for reg in regions:
+                r = index.get((m, b, reg, metric))
+                cells.append("—" if r is None else f"{r['mean']:.3f} ± {r['std']:.3f}")
+            table.add_row(m, str(b), *cells)
+    return table
+
+
+def read_summary(out: str | PathLike) -> list[dict]:
+    """Rows of OUT/summary.csv with numbers parsed."""
+    rows = _read_csv(Path(out) / "summary.csv")
+    for r in rows:
+        r["budget"] = int(r["budget"])
+        for k in ("mean", "std"):
+            r[k] = float(r[k])
+    return rows
+
+
+def study_json(out: str | PathLike) -> dict:
+    return json.loads((Path(out) / "study.json").read_text())
