@@ -250,6 +250,46 @@ def sweep(
     typer.echo(f"report: {report}")
 
 
+@app.command()
+def patient(
+    case: Annotated[Path, typer.Argument(help="One case folder (BraTS naming) with its label file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    method: Annotated[str, typer.Option("--method", "-M", help="Segmentation method.")] = "ddpm-finetune",
+    label_slices: Annotated[Optional[str], typer.Option("--label-slices", help="Axial slice indices to train on, e.g. 60,70,80.")] = None,
+    label_count: Annotated[Optional[int], typer.Option("--label-count", help="Or: this many annotated slices picked over the lesion.")] = None,
+    modalities: Annotated[Optional[str], typer.Option("--modalities", "-m", help="Channels, e.g. flair,t1ce.")] = None,
+    slice_size: Annotated[int, typer.Option("--slice-size")] = 128,
+    ddpm: Annotated[Optional[Path], typer.Option("--ddpm", help="Pretrained DDPM (same channels and slice size); else one is pretrained on this case.")] = None,
+    preset: PresetOpt = "default",
+    set_: SetOpt = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: DeviceOpt = None,
+) -> None:
+    """Patient-level use case: train on a few annotated slices of one case, segment the whole volume."""
+    from semiseg.studies.patient import run_patient
+
+    ints = [int(x) for x in _csv(label_slices)] if label_slices else None
+    result = run_patient(case, out, method, ints, label_count, _csv(modalities), slice_size, preset, set_, ddpm, seed=seed, device=device)
+    typer.echo(f"segmentation {result['segmentation']}; per-slice Dice {result['plot']} (annotated: {result['annotated']})")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("semiseg-demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="The few-minute version.")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """The whole pipeline on the built-in phantom: synth, prepare, pretrain, sweep of all methods, report."""
+    from rich.console import Console
+
+    from semiseg.studies.demo import run_demo
+    from semiseg.studies.sweep import read_summary, summary_table
+
+    report = run_demo(out, quick=quick, device=device)
+    Console().print(summary_table(read_summary(report.parent), "dice"))
+    typer.echo(f"report: {report.resolve()}")
+
+
 def main() -> None:
     """Console entry point: one line and exit code 2 for users' mistakes, no traceback."""
     from semiseg.errors import SemisegInputError

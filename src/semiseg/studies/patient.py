@@ -1,0 +1,125 @@
+"""The paper's patient-level use case: annotate a few slices of one patient, train on them, and
+segment the rest of that patient's volume.
+
+The annotated slices come from the case's own label file (the slices a user would annotate); the
+rest of that file serves as ground truth for the per-slice Dice curve, which shows quality high
+near the annotated slices and lower far from them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from semiseg.atomic import write_text
+from semiseg.data.cases import discover
+from semiseg.data.io import read_label
+from semiseg.errors import SemisegInputError
+from semiseg.evaluation.metrics import region_metrics
+from semiseg.methods.base import get_method
+from semiseg.preprocess.cache import Cache, build_cache
+from semiseg.progress import log
+from semiseg.studies import figures
+
+
+def pick_slices(cache: Cache, case_id: str, count: int) -> list[int]:
+    """``count`` annotated (tumour-bearing) cached slices spread evenly over the lesion's extent."""
+    voxels = np.asarray(cache.cases[case_id].slice_label_voxels)
+    bearing = np.nonzero(voxels > 0)[0]
+    if len(bearing) < count:
+        raise SemisegInputError(cache.root, f"the case has {len(bearing)} annotated slices; cannot pick {count}")
+    idx = np.linspace(0, len(bearing) - 1, count + 2)[1:-1] if count > 1 else [len(bearing) // 2]
+    return sorted({int(bearing[int(round(i))]) for i in idx})
+
+
+def run_patient(
+    case_dir: str | PathLike,
+    out: str | PathLike,
+    method: str = "supervised",
+    label_slices: list[int] | None = None,
+    label_count: int | None = None,
+    modalities: list[str] | None = None,
+    slice_size: int = 128,
+    preset: str = "default",
+    overrides: list[str] | None = None,
+    ddpm_run: str | PathLike | None = None,
+    ddpm_preset: str = "small",
+    ddpm_overrides: list[str] | None = None,
+    seed: int = 0,
+    device: str | None = None,
+) -> dict:
+    """Train on a few slices of one case and segment its whole volume.
+
+    Args:
+        case_dir: one case folder (BraTS naming) with its label file.
+        out: output folder: cache, run(s), ``<case>.nii.gz``, ``slice_dice.csv``/``.png``.
+        label_slices: axial slice indices of the input volume to train on, or
+        label_count: how many tumour-bearing slices to pick evenly over the lesion.
+
+    Returns:
+        ``{"segmentation", "plot", "csv", "annotated"}``.
+    """
+    from semiseg.inference.predict import predict
+    from semiseg.training.runs import train
+
+    out = Path(out)
+    dataset = discover(case_dir, modalities)
+    if len(dataset.cases) != 1:
+        raise SemisegInputError(case_dir, f"holds {len(dataset.cases)} cases; give one case folder")
+    case = dataset.cases[0]
+    if case.label is None:
+        raise SemisegInputError(case_dir, "has no label file to take the annotated slices from")
+    if (label_slices is None) == (label_count is None):
+        raise SemisegInputError(None, "give either --label-slices or --label-count")
+    cache_dir = out / "cache"
+    cache = Cache(cache_dir) if (cache_dir / "index.json").exists() else build_cache(dataset, cache_dir, slice_size=slice_size, test_fraction=0.0)
+    geom = cache.cases[case.case_id].geometry
+    if label_slices is not None:
+        zs = []
+        for s in label_slices:
+            z = geom.cache_slice(s)
+            if z is None:
+                raise SemisegInputError(case_dir, f"slice {s} is outside the head/body of this volume")
+            zs.append(z)
+    else:
+        zs = pick_slices(cache, case.case_id, int(label_count))
+    annotated = sorted(geom.input_slice(z) for z in zs)
+    log(f"[bold]patient[/] {case.case_id}: training {method} on slices {', '.join(map(str, annotated))}")
+
+    cls = get_method(method)
+    if cls.needs_ddpm and ddpm_run is None:
+        ddpm_run = out / "ddpm"
+        if not (ddpm_run / "latest.json").exists():
+            train(cache.root, "ddpm", ddpm_run, preset=ddpm_preset, overrides=ddpm_overrides, resume=(ddpm_run / "config.json").exists(), device=device)
+    run = out / f"run-{method}"
+    if not (run / "latest.json").exists():
+        train(cache.root, method, run, preset=preset, overrides=(overrides or []) + ["dims=2"], labeled_items=[f"{case.case_id}:{z}" for z in zs],
+              seed=seed, ddpm_run=ddpm_run if cls.needs_ddpm else None, resume=(run / "config.json").exists(), device=device)
+    seg_path = predict(run, case_dir, out, device=device)[0]
+
+    pred, _ = read_label(seg_path)
+    gt, header = read_label(case.label, allowed=dataset.scheme.values)
+    axis, _ = geom._axial_axis()
+    spacing = [s for i, s in enumerate(header.spacing) if i != axis]
+    rows, curves = [], {r: [] for r in dataset.scheme.regions}
+    indices = []
+    for s in range(gt.shape[axis]):
+        g, p = np.take(gt, s, axis=axis), np.take(pred, s, axis=axis)
+        if not (g.any() or p.any()):
+            continue
+        metrics = region_metrics(p, g, dataset.scheme, spacing)
+        indices.append(s)
+        for region, vals in metrics.items():
+            curves[region].append(vals["dice"])
+            rows.append({"slice": s, "annotated": int(s in annotated), "region": region, "dice": vals["dice"], "hd95": vals["hd95"]})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["slice", "annotated", "region", "dice", "hd95"])
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out / "slice_dice.csv", buf.getvalue())
+    plot = figures.slice_dice_plot(indices, curves, annotated, out / "slice_dice.png", f"{case.case_id}: {method}, {len(zs)} annotated slices")
+    return {"segmentation": seg_path, "plot": plot, "csv": out / "slice_dice.csv", "annotated": annotated}
