@@ -103,19 +103,23 @@ def load_config(
     cfg: dict[str, Any] = {}
     for name in files:
         cfg = merge(cfg, resolve_preset(builtin_file(name), preset, f"semiseg/configs/{name}.yaml"))
+    shipped = cfg
     if user_file is not None:
         user = _read_yaml(user_file)
         # a copy of a shipped presets file (preset names at top level), or one preset's settings
         layer = resolve_preset(user, preset, str(user_file)) if preset in user else user
+        check_keys(layer, shipped, str(user_file))
         cfg = merge(cfg, layer)
-    cfg = merge(cfg, parse_overrides(overrides))
-    return cfg
+    layer = parse_overrides(overrides)
+    check_keys(layer, shipped, "--set")
+    return merge(cfg, layer)
 
 
 def check_keys(cfg: dict[str, Any], reference: dict[str, Any], source: str, prefix: str = "") -> None:
     """Raise SemisegInputError for a key in ``cfg`` that ``reference`` lacks (a typo in a config)."""
     for key, value in cfg.items():
         if key not in reference:
-            raise SemisegInputError(source, f"unknown setting {prefix + key!r}")
+            known = ", ".join(sorted(reference))
+            raise SemisegInputError(source, f"unknown setting {prefix + key!r}; known here: {known}")
         if isinstance(value, dict) and isinstance(reference[key], dict) and reference[key]:
             check_keys(value, reference[key], source, prefix + key + ".")

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from semiseg.errors import SemisegInputError
 from semiseg.methods.base import TrainContext, register
 from semiseg.methods.ddpm import load_pretrained_denoiser, timestep_index, unet_config
 from semiseg.methods.segmentation import SegmentationMethod
@@ -32,6 +33,8 @@ class DDPMFinetune(SegmentationMethod):
 
     def __init__(self, config: dict[str, Any], data_info: dict[str, Any]) -> None:
         super().__init__(config, data_info)
+        if self.dims != 2:
+            raise SemisegInputError(None, f"{self.name} works on 2D slices (the DDPM is 2D); set dims=2")
         ddpm = config["ddpm"]
         self.unet = build_unet(unet_config(ddpm["model"], data_info["slice_size"]), self.channels)
         width = self.unet.out[-1].conv.in_channels

@@ -69,6 +69,8 @@ class DDPMPixel(Method):
 
     def __init__(self, config: dict[str, Any], data_info: dict[str, Any]) -> None:
         super().__init__(config, data_info)
+        if self.dims != 2:
+            raise SemisegInputError(None, f"{self.name} works on 2D slices (the DDPM is 2D); set dims=2")
         if config.get("loss", {}).get("dice_weight"):
             raise SemisegInputError(None, "ddpm-pixel trains on sampled pixels: set loss.dice_weight to 0")
         if config["noise"] not in ("shared", "fresh"):

@@ -1,0 +1,184 @@
+"""semiseg benchmarks: speed and peak memory of each pipeline stage on this machine.
+
+Each benchmark runs in its own subprocess, so its peak resident memory (``ru_maxrss``) is its own.
+Results are merged into ``bench/results.json`` (keyed by benchmark name, with the machine and the
+command) and printed as the Markdown table the README's performance section shows.
+
+    python bench/run.py                       # every benchmark
+    python bench/run.py prepare evaluate      # some
+    python bench/run.py --table               # print the table from results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results.json"
+BENCHES: dict[str, Callable[[Path], dict[str, Any]]] = {}
+
+
+def bench(fn: Callable[[Path], dict[str, Any]]) -> Callable[[Path], dict[str, Any]]:
+    BENCHES[fn.__name__.replace("_", "-")] = fn
+    return fn
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def phantom(tmp: Path, cases: int, shape=(128, 128, 96), spacing=1.5) -> Path:
+    from semiseg.data.phantom import write_phantom_dataset
+
+    out = tmp / f"phantom-{cases}-{shape[0]}"
+    if not out.exists():
+        write_phantom_dataset(out, cases, seed=0, shape=shape, spacing=(spacing,) * 3)
+    return out
+
+
+def prepared(tmp: Path, cases: int = 10, slice_size: int = 128, dims=("2d", "3d"), shape=(128, 128, 96), spacing=1.5) -> Path:
+    from semiseg.data.cases import discover
+    from semiseg.preprocess.cache import build_cache
+
+    out = tmp / f"cache-{cases}-{slice_size}-{shape[0]}"
+    if not out.exists():
+        build_cache(discover(phantom(tmp, cases, shape, spacing)), out, slice_size=slice_size, dims=dims, test_fraction=0.2)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+@bench
+def prepare(tmp: Path) -> dict[str, Any]:
+    """`semiseg prepare` of 10 phantom cases (128x128x96) to 128 px slices and 3D volumes."""
+    from semiseg.data.cases import discover
+    from semiseg.preprocess.cache import build_cache
+
+    data = phantom(tmp, 10)
+    t = time.perf_counter()
+    build_cache(discover(data), tmp / "bench-cache", slice_size=128)
+    secs = time.perf_counter() - t
+    return {"what": "prepare 10 phantom cases (128x128x96 -> 128 px slices + volumes)", "seconds": secs, "seconds_per_case": secs / 10}
+
+
+@bench
+def evaluate(tmp: Path) -> dict[str, Any]:
+    """`semiseg evaluate` of 10 predictions against 10 ground truths (3 BraTS regions each)."""
+    from semiseg.evaluation.evaluate import evaluate_folders
+
+    data = phantom(tmp, 10)
+    gt = sorted(data.glob("*/*_seg.nii.gz"))
+    pred = tmp / "pred"
+    pred.mkdir(exist_ok=True)
+    for i, g in enumerate(gt):  # a neighbour's label as "prediction": realistic overlap and distances
+        shutil.copy(gt[(i + 1) % len(gt)], pred / g.name.replace("_seg", ""))
+    t = time.perf_counter()
+    evaluate_folders(pred, data)
+    secs = time.perf_counter() - t
+    return {"what": "evaluate 10 cases x 3 regions (Dice, IoU, HD95 mm)", "seconds": secs, "seconds_per_case": secs / 10}
+
+
+def _train_speed(tmp: Path, method: str, preset: str, overrides: list[str], steps: int, cache: Path, **kw: Any) -> dict[str, Any]:
+    from semiseg.training.log import read_log
+    from semiseg.training.runs import train
+
+    run = tmp / f"run-{method}-{preset}"
+    shutil.rmtree(run, ignore_errors=True)
+    t = time.perf_counter()
+    train(cache, method, run, preset=preset, overrides=overrides + [f"train.steps={steps}", f"train.log_every={max(steps // 2, 1)}", f"train.checkpoint_every={steps}"], **kw)
+    secs = time.perf_counter() - t
+    rows = read_log(run / "train_log.csv")
+    return {"seconds": secs, "images_per_s": rows[-1]["images_per_s"], "steps": steps, "run": str(run)}
+
+
+@bench
+def ddpm_small(tmp: Path) -> dict[str, Any]:
+    """DDPM pretraining, small preset (64 px, batch 16)."""
+    cache = prepared(tmp, 10, 64)
+    r = _train_speed(tmp, "ddpm", "small", [], 40, cache)
+    return {"what": "DDPM pretraining, small preset, 64 px, batch 16", **r}
+
+
+@bench
+def ddpm_paper(tmp: Path) -> dict[str, Any]:
+    """DDPM pretraining, paper preset (128 px, batch 32, 36 M parameters)."""
+    cache = prepared(tmp, 10, 128)
+    r = _train_speed(tmp, "ddpm", "paper", [], 3, cache)
+    return {"what": "DDPM pretraining, paper preset, 128 px, batch 32", **r}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default all): {', '.join(BENCHES)}")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--tmp", help="scratch folder kept between benchmarks (default: a new temporary one)")
+    parser.add_argument("--table", action="store_true", help="print the Markdown table of results.json and exit")
+    args = parser.parse_args()
+    if args.child:
+        os.environ.setdefault("SEMISEG_PROGRESS", "0")
+        from semiseg.progress import set_enabled
+
+        set_enabled(False)
+        result = BENCHES[args.child](Path(args.tmp))
+        result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+        print("RESULT " + json.dumps(result))
+        return
+    if args.table:
+        print(table(json.loads(RESULTS.read_text())))
+        return
+    names = args.names or list(BENCHES)
+    unknown = [n for n in names if n not in BENCHES]
+    if unknown:
+        parser.error(f"unknown benchmark {unknown[0]}; choose from {', '.join(BENCHES)}")
+    tmp = Path(args.tmp) if args.tmp else Path(tempfile.mkdtemp(prefix="semiseg-bench-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    machine = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        import torch
+
+        machine["torch"] = torch.__version__
+        machine["threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    for name in names:
+        print(f"== {name}", flush=True)
+        proc = subprocess.run([sys.executable, __file__, "--child", name, "--tmp", str(tmp)], capture_output=True, text=True)
+        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        if proc.returncode != 0 or not line:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            sys.exit(f"benchmark {name} failed")
+        result = json.loads(line[-1][len("RESULT "):])
+        result.update({"machine": machine, "command": f"python bench/run.py {name}", "date": time.strftime("%Y-%m-%d")})
+        results[name] = result
+        print(json.dumps(result, indent=1))
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["| benchmark | what | time | throughput | peak RSS |", "|---|---|---|---|---|"]
+    for name, r in results.items():
+        extra = []
+        if "images_per_s" in r:
+            extra.append(f"{r['images_per_s']:.1f} img/s")
+        for key, label in (("seconds_per_case", "s/case"), ("seconds_per_volume", "s/volume"), ("seconds_per_step", "s/step")):
+            if key in r:
+                extra.append(f"{r[key]:.2f} {label}")
+        lines.append(f"| {name} | {r['what']} | {r['seconds']:.1f} s | {', '.join(extra)} | {r['peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

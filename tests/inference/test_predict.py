@@ -1,0 +1,106 @@
+"""The predict path writes NIfTI files in exactly the input's geometry and label values."""
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from helpers import TINY, TINY_NET, blob_case, write_brats_case, write_image
+
+from semiseg.errors import SemisegInputError
+from semiseg.inference.predict import predict
+from semiseg.training.runs import train
+
+
+@pytest.fixture(scope="module")
+def sup2d(tiny_cache: Path, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("sup2d") / "run"
+    train(tiny_cache, "supervised", run, preset="small", labeled=3, overrides=TINY + TINY_NET + ["dims=2"])
+    return run
+
+
+@pytest.fixture(scope="module")
+def sup3d(tiny_cache: Path, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("sup3d") / "run"
+    train(tiny_cache, "supervised", run, preset="small", labeled=2, overrides=TINY + TINY_NET + ["dims=3"])
+    return run
+
+
+ODD_AFFINE = np.array([[0, 0, -1.2, 40.0], [0.9, 0, 0, -20.0], [0, 2.0, 0, 5.0], [0, 0, 0, 1]])
+
+
+@pytest.mark.parametrize("run_fixture", ["sup2d", "sup3d"])
+def test_outputs_match_input_geometry_and_2023_values(run_fixture, request, tmp_path: Path):
+    run = request.getfixturevalue(run_fixture)
+    data = tmp_path / "in"
+    write_brats_case(data, "BraTS-GLI-00001-000", year=2023, shape=(30, 26, 20), affine=ODD_AFFINE, seed=5)
+    out = tmp_path / "out"
+    paths = predict(run, data, out, probabilities=True, uncertainty=True)
+    assert [p.name for p in paths] == ["BraTS-GLI-00001-000.nii.gz"]
+    ref = nib.load(str(data / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t2f.nii.gz"))
+    seg = nib.load(str(paths[0]))
+    assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+    prob = nib.load(str(out / "BraTS-GLI-00001-000_prob.nii.gz"))
+    assert prob.shape == ref.shape + (4,)
+    p = np.asarray(prob.dataobj)
+    assert np.allclose(p.sum(-1), 1.0, atol=1e-3)
+    # the segmentation is the arg-max of the written probabilities (BraTS 2023 values)
+    assert np.array_equal(np.asarray([0, 1, 2, 3])[p.argmax(-1)], np.asarray(seg.dataobj))
+    unc = nib.load(str(out / "BraTS-GLI-00001-000_uncertainty.nii.gz"))
+    assert unc.shape == ref.shape
+    assert sorted(f.name for f in out.iterdir()) == sorted(
+        ["BraTS-GLI-00001-000.nii.gz", "BraTS-GLI-00001-000_prob.nii.gz", "BraTS-GLI-00001-000_uncertainty.nii.gz"]
+    )
+
+
+def test_prediction_is_the_same_in_any_voxel_order(tmp_path: Path, tiny_cache: Path):
+    """The same head stored in RAS and in LPS voxel order (same world coordinates) gets the same
+    segmentation in world space, and that segmentation finds the tumour."""
+    run = tmp_path / "longer"
+    train(tiny_cache, "supervised", run, preset="small", labeled=6, overrides=["dims=2", "train.steps=150", "train.batch_size=4", "train.lr=3e-3"])
+    images, label = blob_case((36, 36, 24), seed=3)
+    ras = np.eye(4)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    lps[:2, 3] = [35.0, 35.0]  # voxel (0, 0) of the flipped array is world (35, 35): same world grid
+    segs = {}
+    for name, affine, flip in (("ras", ras, lambda a: a), ("lps", lps, lambda a: a[::-1, ::-1])):
+        folder = tmp_path / name / "c"
+        for c, m in enumerate(("t1", "t1ce", "t2", "flair")):
+            write_image(folder / f"c_{m}.nii.gz", np.ascontiguousarray(flip(images[c])), affine)
+        out = np.asarray(nib.load(str(predict(run, folder, tmp_path / f"out-{name}")[0])).dataobj)
+        segs[name] = flip(out)
+    assert np.array_equal(segs["ras"], segs["lps"])
+    wt_pred, wt_gt = segs["ras"] > 0, label > 0
+    assert 2 * (wt_pred & wt_gt).sum() / (wt_pred.sum() + wt_gt.sum()) > 0.4
+
+
+def test_missing_modality_names_what_was_found(sup2d: Path, tmp_path: Path):
+    data = tmp_path / "in"
+    write_brats_case(data, "c0", modalities=("flair", "t1ce"))
+    with pytest.raises(SemisegInputError, match=r"modality t1, t2 not found; this case has flair, t1ce"):
+        predict(sup2d, data, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_bad_case_writes_nothing(sup2d: Path, tmp_path: Path):
+    data = tmp_path / "in"
+    write_brats_case(data, "c0", seed=1)
+    folder = write_brats_case(data, "c1", seed=2)
+    img = np.ones((24, 24, 16), np.float32)
+    img[0, 0, 0] = np.inf
+    write_image(folder / "c1_t2.nii.gz", img)
+    out = tmp_path / "out"
+    with pytest.raises(SemisegInputError, match=r"c1_t2\.nii\.gz: contains 1 NaN/Inf voxels"):
+        predict(sup2d, data, out)
+    assert list(out.iterdir()) == []
+
+
+def test_nnunet_flat_folder_and_ddpm_run_refused(sup2d: Path, tiny_ddpm: Path, tmp_path: Path):
+    images, _ = blob_case((24, 24, 16))
+    flat = tmp_path / "imagesTs"
+    for c in range(4):
+        write_image(flat / f"case7_{c:04d}.nii.gz", images[c])
+    assert [p.name for p in predict(sup2d, flat, tmp_path / "out")] == ["case7.nii.gz"]
+    with pytest.raises(SemisegInputError, match="DDPM pretraining run"):
+        predict(tiny_ddpm, flat, tmp_path / "out2")
