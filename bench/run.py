@@ -118,6 +118,132 @@ def ddpm_paper(tmp: Path) -> dict[str, Any]:
     return {"what": "DDPM pretraining, paper preset, 128 px, batch 32", **r}
 
 
+def _paper_ddpm(tmp: Path, cache: Path) -> Path:
+    """A DDPM run with the paper preset's architecture (one step: weights matter not for timing)."""
+    from semiseg.training.runs import train
+
+    run = tmp / "ddpm-paper-1step"
+    if not (run / "latest.json").exists():
+        shutil.rmtree(run, ignore_errors=True)
+        train(cache, "ddpm", run, preset="paper", overrides=["train.steps=1", "train.batch_size=2"])
+    return run
+
+
+def _pixel_memory(tmp: Path, n: int) -> dict[str, Any]:
+    cache = prepared(tmp, 20, 128, dims=("2d",))
+    ddpm = _paper_ddpm(tmp, cache)
+    from semiseg.training.runs import train
+
+    run = tmp / f"pixel-{n}"
+    shutil.rmtree(run, ignore_errors=True)
+    t = time.perf_counter()
+    train(cache, "ddpm-pixel", run, preset="default", labeled=n, ddpm_run=ddpm, overrides=["train.steps=200", "train.log_every=100", "train.checkpoint_every=200"])
+    secs = time.perf_counter() - t
+    from semiseg.methods.ddpm_pixel import DDPMPixel  # noqa: F401
+    from semiseg.training.runs import load_trained
+
+    model, _ = load_trained(run)
+    return {"what": f"ddpm-pixel training, N={n} slices of 128x128, paper UNet, {model.num_features} features/pixel, 10 MLPs, 200 steps",
+            "seconds": secs, "features_per_pixel": model.num_features}
+
+
+@bench
+def pixel_n10(tmp: Path) -> dict[str, Any]:
+    """ddpm-pixel peak memory and time with 10 labelled slices (paper preset UNet)."""
+    return _pixel_memory(tmp, 10)
+
+
+@bench
+def pixel_n50(tmp: Path) -> dict[str, Any]:
+    """ddpm-pixel peak memory and time with 50 labelled slices (paper preset UNet)."""
+    return _pixel_memory(tmp, 50)
+
+
+def _brats_sized_volume(tmp: Path) -> Path:
+    """One phantom case of BraTS size: 240 x 240 x 155 at 1 mm."""
+    return phantom(tmp, 1, shape=(240, 240, 155), spacing=1.0)
+
+
+def _predict_seconds(tmp: Path, method: str, preset: str, extra: list[str], ddpm: bool, dims: int, slice_size: int = 128) -> dict[str, Any]:
+    from semiseg.inference.predict import predict
+    from semiseg.training.runs import train
+
+    cache = prepared(tmp, 10, slice_size)
+    ddpm_run = _paper_ddpm(tmp, cache) if ddpm else None
+    run = tmp / f"predict-{method}-{dims}d"
+    shutil.rmtree(run, ignore_errors=True)
+    train(cache, method, run, preset=preset, labeled=2 if dims == 3 else 10, ddpm_run=ddpm_run,
+          overrides=extra + [f"dims={dims}", "train.steps=1", "train.batch_size=1"])
+    volume = _brats_sized_volume(tmp)
+    out = tmp / f"pred-{method}-{dims}d"
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    predict(run, volume, out)
+    secs = time.perf_counter() - t
+    return {"what": f"predict one 240x240x155 volume, {method} ({preset} preset, {dims}D)", "seconds": secs, "seconds_per_volume": secs}
+
+
+@bench
+def predict_supervised(tmp: Path) -> dict[str, Any]:
+    return _predict_seconds(tmp, "supervised", "default", [], False, 2)
+
+
+@bench
+def predict_ddpm_finetune(tmp: Path) -> dict[str, Any]:
+    return _predict_seconds(tmp, "ddpm-finetune", "default", [], True, 2)
+
+
+@bench
+def predict_ddpm_pixel(tmp: Path) -> dict[str, Any]:
+    return _predict_seconds(tmp, "ddpm-pixel", "default", ["pixels_per_step=64"], True, 2)
+
+
+@bench
+def predict_embedmatch_3d(tmp: Path) -> dict[str, Any]:
+    return _predict_seconds(tmp, "embedmatch", "default", ["patch_size=[96,96,96]"], False, 3)
+
+
+def _train_seconds_per_method(tmp: Path, method: str) -> dict[str, Any]:
+    """Training time at N = 10 labelled slices with the small preset (the demo's), 64 px phantom."""
+    cache = prepared(tmp, 20, 64)
+    ddpm = None
+    if method.startswith("ddpm"):
+        from semiseg.training.runs import train
+
+        ddpm = tmp / "ddpm-small"
+        if not (ddpm / "latest.json").exists():
+            shutil.rmtree(ddpm, ignore_errors=True)
+            train(cache, "ddpm", ddpm, preset="small", overrides=["train.steps=50"])
+    from semiseg.config import load_config
+    from semiseg.methods.base import get_method
+
+    steps = int(load_config(get_method(method).config_files, "small")["train"]["steps"])
+    r = _train_speed(tmp, method, "small", ["dims=2"], steps, cache, labeled=10, ddpm_run=ddpm)
+    return {"what": f"train {method}, N=10 slices, small preset ({steps} steps), 64 px", **r, "seconds_per_step": r["seconds"] / steps}
+
+
+for _m in ("supervised", "ddpm-pixel", "ddpm-finetune", "mean-teacher", "embedmatch"):
+    BENCHES[f"train-{_m}"] = (lambda m: lambda tmp: _train_seconds_per_method(tmp, m))(_m)
+
+
+def _embedmatch_step(tmp: Path, patch: int) -> dict[str, Any]:
+    cache = prepared(tmp, 10, 64)
+    r = _train_speed(tmp, "embedmatch", "default", ["dims=3", f"patch_size=[{patch},{patch},{patch}]", "teacher.warmup=0.0",
+                                                     "train.batch_size=2"], 3, cache, labeled=2)
+    return {"what": f"embedmatch 3D training step, {patch}^3 patches, batch 2+2, 8 MC passes, default network", **r,
+            "seconds_per_step": r["seconds"] / 3}
+
+
+@bench
+def embedmatch_64(tmp: Path) -> dict[str, Any]:
+    return _embedmatch_step(tmp, 64)
+
+
+@bench
+def embedmatch_96(tmp: Path) -> dict[str, Any]:
+    return _embedmatch_step(tmp, 96)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default all): {', '.join(BENCHES)}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import TINY_DDPM, write_brats_case, write_image
+from helpers import write_brats_case, write_image
 
 ENV = {**os.environ, "SEMISEG_PROGRESS": "0"}
 

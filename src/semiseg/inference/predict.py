@@ -177,7 +177,7 @@ def predict(
                 prepared = prepare_case(case, model_scheme, normaliser, with_label=False)
                 n_slices = prepared.image.shape[-1]
                 sub = bar.add_task(f"  {case.case_id}", total=n_slices if method.dims == 2 else 1, info="")
-                probs, unc = predict_prepared(method, prepared, size, pad, lambda n: bar.advance(sub, n))
+                probs, unc = predict_prepared(method, prepared, size, pad, lambda n, sub=sub: bar.advance(sub, n))
                 bar.update(sub, completed=n_slices if method.dims == 2 else 1)
                 geom = prepared.geometry
                 full = geom.uncrop(probs, fill=background)

@@ -29,7 +29,7 @@ from semiseg.data.loading import check_case_headers, load_case
 from semiseg.errors import SemisegInputError
 from semiseg.preprocess.geometry import CaseGeometry
 from semiseg.preprocess.normalise import Normaliser, fit_ct_stats, sample_foreground
-from semiseg.preprocess.pipeline import canonicalise, case_slices, prepare_case
+from semiseg.preprocess.pipeline import case_slices, prepare_case
 from semiseg.preprocess.splits import patient_split
 
 CACHE_VERSION = 1
@@ -139,7 +139,7 @@ class Cache:
         }
 
 
-def _ct_statistics(dataset: Dataset, cases: list, progress: Callable[[str], None] | None) -> dict[int, dict]:
+def _ct_statistics(dataset: Dataset, cases: list) -> dict[int, dict]:
     ct_channels = [i for i, m in enumerate(dataset.modalities) if dataset.kinds[m] == "CT"]
     if not ct_channels:
         return {}
@@ -185,7 +185,7 @@ def build_cache(
     train, test = patient_split(labelled, test_fraction, split_seed)
     roles = {**{cid: "train" for cid in train}, **{cid: "test" for cid in test}}
     train_cases = [c for c in dataset.cases if roles.get(c.case_id) == "train"]
-    normaliser = Normaliser([dataset.kinds[m] for m in dataset.modalities], _ct_statistics(dataset, train_cases, None))
+    normaliser = Normaliser([dataset.kinds[m] for m in dataset.modalities], _ct_statistics(dataset, train_cases))
     pad = normaliser.background_value()
 
     entries = []

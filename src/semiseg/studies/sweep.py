@@ -218,7 +218,7 @@ def summarise_results(results: list[dict]) -> list[dict]:
         if not math.isnan(v):
             per_seed.setdefault((r["method"], int(r["budget"]), r["region"], r["metric"], int(r["seed"])), []).append(v)
     grouped: dict[tuple, list[tuple[float, int]]] = {}
-    for (m, b, reg, met, s), vals in per_seed.items():
+    for (m, b, reg, met, _seed), vals in per_seed.items():
         grouped.setdefault((m, b, reg, met), []).append((float(np.mean(vals)), len(vals)))
     rows = []
     for (m, b, reg, met), items in sorted(grouped.items()):
