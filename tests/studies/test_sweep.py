@@ -1,0 +1,125 @@
+"""The sweep: outputs that agree with each other, a report that renders in a real browser, and a
+kill-and-restart that redoes nothing and ends with an uninterrupted sweep's results."""
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = {
+    "all": ["train.steps=6", "train.batch_size=2", "train.log_every=3", "train.checkpoint_every=3",
+            "network.features=[8,8,16,16,16,8]"],
+    "ddpm-finetune": ["train.steps=6", "train.batch_size=2", "train.log_every=3", "train.checkpoint_every=3"],
+}
+
+
+def study_file(tmp: Path, cache: Path, out: str, methods: list[str]) -> Path:
+    settings = {"all": [], "supervised": SETTINGS["all"], "mean-teacher": SETTINGS["all"], "ddpm-finetune": SETTINGS["ddpm-finetune"]}
+    spec = {
+        "out": out, "cache": str(cache), "methods": methods, "budgets": [2, 4], "seeds": [0, 1], "preset": "small",
+        "ddpm": {"preset": "small", "set": ["train.steps=4", "train.batch_size=2", "model.base_channels=16", "model.norm_groups=8",
+                                            "model.channel_mult=[1,2]", "model.attention_resolutions=[16]"]},
+        "settings": settings, "test_slices_per_case": 4, "overlays": 2,
+    }
+    path = tmp / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def sweep(study: Path) -> subprocess.Popen:
+    env = {**os.environ, "SEMISEG_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "semiseg", "sweep", str(study)], env=env, cwd=study.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_cache: Path, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("sweep")
+    proc = sweep(study_file(tmp, tiny_cache, "straight", ["supervised", "mean-teacher", "ddpm-finetune"]))
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    assert "report:" in out
+    return tmp / "straight"
+
+
+def test_outputs_agree(finished: Path):
+    for name in ("results.csv", "summary.csv", "label_efficiency.png", "report.html", "overlays_n2.png", "overlays_n4.png", "ddpm_samples.png"):
+        assert (finished / name).exists(), name
+    results, summary = read(finished / "results.csv"), read(finished / "summary.csv")
+    assert {r["method"] for r in results} == {"supervised", "mean-teacher", "ddpm-finetune"}
+    assert {(r["budget"], r["seed"]) for r in results} == {("2", "0"), ("2", "1"), ("4", "0"), ("4", "1")}
+    # two test patients x 4 slices, 3 regions, 3 metrics per run
+    assert len(results) == 3 * 4 * (2 * 4) * 3 * 3
+    for s in summary:
+        per_seed = []
+        for seed in ("0", "1"):
+            vals = [float(r["value"]) for r in results if (r["method"], r["budget"], r["region"], r["metric"], r["seed"]) == (s["method"], s["budget"], s["region"], s["metric"], seed)]
+            vals = [v for v in vals if not np.isnan(v)]
+            if vals:
+                per_seed.append(np.mean(vals))
+        assert float(s["mean"]) == pytest.approx(np.mean(per_seed), rel=1e-9)
+        assert int(s["n_seeds"]) == len(per_seed)
+    html = (finished / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "<script" not in html
+    assert "http://" not in html and "https://" not in html
+
+
+def test_report_renders_in_headless_chromium(finished: Path, tmp_path: Path):
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver), options=opts)
+    try:
+        browser.get((finished / "report.html").resolve().as_uri())
+        deadline = time.time() + 20
+        while browser.execute_script("return document.readyState") != "complete" and time.time() < deadline:
+            time.sleep(0.1)
+        images = browser.execute_script("return document.images.length")
+        broken = browser.execute_script("return Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length")
+        assert images >= 4 and broken == 0
+        assert "Label-efficiency study" in browser.title or "semiseg" in browser.title
+    finally:
+        browser.quit()
+
+
+def test_killed_sweep_resumes_without_redoing_runs(finished: Path, tiny_cache: Path, tmp_path: Path):
+    study = study_file(tmp_path, tiny_cache, "killed", ["supervised", "mean-teacher", "ddpm-finetune"])
+    out = tmp_path / "killed"
+    proc = sweep(study)
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list(out.glob("runs/*/*/test_metrics.csv"))) < 3:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.parent: p.stat().st_mtime_ns for p in out.glob("runs/*/*/test_metrics.csv")}
+    assert 3 <= len(done_before) < 12, "the sweep was not interrupted midway"
+    proc = sweep(study)
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    for run, mtime in done_before.items():
+        assert (run / "test_metrics.csv").stat().st_mtime_ns == mtime, f"{run.name} was redone"
+    assert read(out / "results.csv") == read(finished / "results.csv")
+    assert read(out / "summary.csv") == read(finished / "summary.csv")
