@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import TINY_DDPM, write_brats_case
 
+from helpers import TINY_DDPM, tiny_cache_at, write_brats_case
 from semiseg.progress import set_enabled
 
 
@@ -27,15 +27,7 @@ def brats_dataset(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A prepared cache of eight labelled and one unlabelled small cases (32 px slices, 2D and 3D)."""
-    from semiseg.data.cases import discover
-    from semiseg.preprocess.cache import build_cache
-
-    root = tmp_path_factory.mktemp("tiny")
-    for i in range(8):
-        write_brats_case(root / "data", f"case{i:02d}", shape=(36, 36, 24), seed=i)
-    write_brats_case(root / "data", "case99", label=False, shape=(36, 36, 24), seed=99)
-    build_cache(discover(root / "data"), root / "cache", slice_size=32, test_fraction=0.25)
-    return root / "cache"
+    return tiny_cache_at(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="session")

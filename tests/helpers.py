@@ -70,6 +70,20 @@ def write_brats_case(
 
 
 
+def tiny_cache_at(root: Path, modalities: list[str] | None = None, cases: int = 8, unlabelled: bool = True) -> Path:
+    """Write ``cases`` small labelled cases (plus one unlabelled) under root/data and prepare them
+    into root/cache (32 px slices, 2D and 3D, a quarter of the patients for testing); returns the cache."""
+    from semiseg.data.cases import discover
+    from semiseg.preprocess.cache import build_cache
+
+    for i in range(cases):
+        write_brats_case(root / "data", f"case{i:02d}", shape=(36, 36, 24), seed=i)
+    if unlabelled:
+        write_brats_case(root / "data", "case99", label=False, shape=(36, 36, 24), seed=99)
+    build_cache(discover(root / "data", modalities), root / "cache", slice_size=32, test_fraction=0.25)
+    return root / "cache"
+
+
 #: settings that make every method train in about a second on the tiny_cache fixture
 TINY = ["train.steps=4", "train.batch_size=2", "train.log_every=2", "train.checkpoint_every=2", "predict.batch_size=4"]
 TINY_NET = ["network.features=[8,8,16,16,16,8]", "patch_size=[32,32,32]"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from helpers import write_brats_case, write_image
 
 ENV = {**os.environ, "SEMISEG_PROGRESS": "0"}
@@ -19,7 +20,7 @@ def semiseg(*args: str) -> subprocess.CompletedProcess:
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     assert result.returncode == 2, result.stderr
-    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     for f in fragments:

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_brats_case, write_image
 
+from helpers import write_brats_case, write_image
 from semiseg.data.cases import canonical_modality, discover
 from semiseg.errors import SemisegInputError
 

@@ -4,8 +4,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import write_image
 
+from helpers import write_image
 from semiseg.data.io import check_same_geometry, read_header, read_image, read_label, write_nifti
 from semiseg.errors import SemisegInputError
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import TINY, TINY_NET, blob_case, write_brats_case, write_image
 
+from helpers import TINY, TINY_NET, blob_case, write_brats_case, write_image
 from semiseg.errors import SemisegInputError
 from semiseg.inference.predict import predict
 from semiseg.training.runs import train

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, TINY_NET
 
+from helpers import TINY, TINY_NET
 from semiseg.inference.predict import predict_slices, predict_volume
 from semiseg.preprocess.cache import Cache
 from semiseg.training.log import read_log
@@ -61,11 +61,12 @@ def test_embedmatch_diagnostics_measured_against_ground_truth(tiny_cache: Path, 
 
 
 def test_bank_matching_picks_nearest_class():
-    from semiseg.methods.embedmatch import EmbedMatch
     from semiseg.config import load_config
     from semiseg.data.labels import BINARY
+    from semiseg.methods.embedmatch import EmbedMatch
 
-    cfg = load_config(EmbedMatch.config_files, "small", overrides=["network.features=[8,8,8,8,8,4]", "matching.bank_per_class=8", "matching.k=3", "matching.chunk=2"])
+    tiny = ["network.features=[8,8,8,8,8,4]", "matching.bank_per_class=8", "matching.k=3", "matching.chunk=2"]
+    cfg = load_config(EmbedMatch.config_files, "small", overrides=tiny)
     data = {"modalities": ["t1"], "scheme": BINARY.to_json(), "slice_size": 32}
     m = EmbedMatch(cfg, data)
     a, b = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 1.0, 0, 0])
@@ -75,3 +76,36 @@ def test_bank_matching_picks_nearest_class():
     labels, sims = m.match(torch.nn.functional.normalize(torch.stack([a + 0.1 * b, b + 0.2 * a, b]), dim=1))
     assert labels.tolist() == [0, 1, 1]
     assert sims[2] == pytest.approx(1.0) and sims[0] < 1.0
+
+
+def test_pseudo_label_accuracies_follow_the_ground_truth():
+    """The diagnostics compare pseudo-labels with the ground truth given: the teacher's own labels
+    score 1, labels shifted by one class score 0, unknown voxels are left out."""
+    from semiseg.config import load_config
+    from semiseg.data.labels import BRATS2021
+    from semiseg.methods.embedmatch import EmbedMatch
+    from semiseg.training.losses import IGNORE
+
+    cfg = load_config(EmbedMatch.config_files, "small", overrides=["network.features=[8,8,8,8,8,4]", "network.dropout=0.0", "dims=2", "uncertainty.passes=2"])
+    m = EmbedMatch(cfg, {"modalities": ["t1"], "scheme": BRATS2021.to_json(), "slice_size": 32})
+    torch.manual_seed(0)
+    u = torch.randn(2, 1, 32, 32)
+    lab = torch.randint(0, 4, (2, 32, 32))
+    m.enqueue(torch.nn.functional.normalize(torch.randn(lab.numel(), m.bank.shape[-1]), dim=1), lab.reshape(-1))  # a filled bank: every voxel gets a label
+    _, _, probe = m.pseudo_labels(u, None)
+    assert "acc_teacher" not in probe  # no ground truth, no accuracy
+    m.teacher.module.eval()
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(m.teacher.module(u), 1)]).mean(0)
+    own = mean.argmax(1)
+    pseudo, _, right = m.pseudo_labels(u, own)
+    _, _, wrong = m.pseudo_labels(u, (own + 1) % 4)
+    assert right["acc_teacher"] == pytest.approx(1.0) and wrong["acc_teacher"] == 0.0
+    if right["reliable"] > 0:
+        assert right["acc_reliable"] == pytest.approx(1.0) and wrong["acc_reliable"] == 0.0
+    gt = own.clone()
+    gt[0] = IGNORE  # unknown voxels do not count
+    _, _, half = m.pseudo_labels(u, gt)
+    assert half["acc_teacher"] == pytest.approx(1.0)
+    matched = pseudo[pseudo != IGNORE]
+    assert matched.numel() == pseudo.numel()

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_brats_case, write_image
 
+from helpers import write_brats_case, write_image
 from semiseg.data.cases import discover
 from semiseg.errors import SemisegInputError
 from semiseg.preprocess.cache import Cache, build_cache

@@ -68,7 +68,8 @@ def test_outputs_agree(finished: Path):
     for s in summary:
         per_seed = []
         for seed in ("0", "1"):
-            vals = [float(r["value"]) for r in results if (r["method"], r["budget"], r["region"], r["metric"], r["seed"]) == (s["method"], s["budget"], s["region"], s["metric"], seed)]
+            key = (s["method"], s["budget"], s["region"], s["metric"], seed)
+            vals = [float(r["value"]) for r in results if (r["method"], r["budget"], r["region"], r["metric"], r["seed"]) == key]
             vals = [v for v in vals if not np.isnan(v)]
             if vals:
                 per_seed.append(np.mean(vals))

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import TINY_DDPM
 
+from helpers import TINY_DDPM
 from semiseg.training.checkpoint import latest_checkpoint, load_model_state
 from semiseg.training.log import read_log
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_DDPM
 
+from helpers import TINY_DDPM
 from semiseg.training.checkpoint import latest_checkpoint, load_model_state
 from semiseg.training.log import read_log
 

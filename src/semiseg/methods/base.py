@@ -37,9 +37,8 @@ def register(cls: type["Method"]) -> type["Method"]:
 
 
 def get_method(name: str) -> type["Method"]:
-    from semiseg.errors import SemisegInputError
-
     import semiseg.methods  # noqa: F401  (registers the built-in methods)
+    from semiseg.errors import SemisegInputError
 
     if name not in METHODS:
         raise SemisegInputError(None, f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")

@@ -151,7 +151,8 @@ class EmbedMatch(SegmentationMethod):
         diag = {"reliable": float(reliable.float().mean()), "matched": float(matched.float().mean())}
         if gt is not None:
             known = gt != IGNORE
-            for key, mask, lab in (("acc_reliable", reliable, teacher_label), ("acc_matched", matched, pseudo), ("acc_teacher", torch.ones_like(reliable), teacher_label)):
+            kinds = (("acc_reliable", reliable, teacher_label), ("acc_matched", matched, pseudo), ("acc_teacher", torch.ones_like(reliable), teacher_label))
+            for key, mask, lab in kinds:
                 sel = mask & known
                 diag[key] = float((lab[sel] == gt[sel]).float().mean()) if sel.any() else math.nan
         return pseudo, weights, diag

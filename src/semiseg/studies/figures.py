@@ -95,6 +95,7 @@ def label_efficiency_plot(
             ax.set_xscale("log")
             ax.set_xticks(sorted({r["budget"] for r in summary}))
             ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_title(f"{region}", fontsize=10)
             ax.set_xlabel(unit)
             ax.set_ylabel({"dice": "Dice", "hd95": "HD95 (mm)", "iou": "IoU"}.get(metric, metric))

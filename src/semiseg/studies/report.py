@@ -149,7 +149,8 @@ def write_report(study: Any, cache: Cache, summary: list[dict], keep: list[tuple
                      "<p class='note'>red: necrotic core, green: oedema, yellow: enhancing tumour (class colours for other schemes).</p>"
                      f"{_img(f, f'overlays with {b} labels')}")
     if samples is not None:
-        parts.append(f"<h2>What the DDPM learned</h2><p class='note'>DDIM samples of the shared DDPM, one column per channel.</p>{_img(samples, 'DDPM samples')}")
+        parts.append("<h2>What the DDPM learned</h2><p class='note'>DDIM samples of the shared DDPM, one column per channel.</p>"
+                     + _img(samples, "DDPM samples"))
     parts.append("<h2>Files</h2><p><a href='results.csv'>results.csv</a> (every score), "
                  "<a href='summary.csv'>summary.csv</a>, runs/ (one run folder per method, budget and seed).</p></body></html>")
     report = out / "report.html"

@@ -273,12 +273,13 @@ def summary_table(summary: list[dict], metric: str = "dice"):
     for reg in regions:
         table.add_column(reg, justify="right")
     index = {(r["method"], r["budget"], r["region"], r["metric"]): r for r in summary}
+    fmt = ".1f" if metric.startswith("hd") else ".3f"  # millimetres need no more than 0.1
     for m in sorted({r["method"] for r in summary}, key=lambda x: (x != "supervised", x)):
         for b in sorted({r["budget"] for r in summary}):
             cells = []
             for reg in regions:
                 r = index.get((m, b, reg, metric))
-                cells.append("—" if r is None else f"{r['mean']:.3f} ± {r['std']:.3f}")
+                cells.append("—" if r is None else f"{r['mean']:{fmt}}" + (f" ± {r['std']:{fmt}}" if int(r["n_seeds"]) > 1 else ""))
             table.add_row(m, str(b), *cells)
     return table
 
