@@ -8,8 +8,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import TINY, TINY_NET, write_brats_case
 
+from helpers import TINY, TINY_NET, write_brats_case
 from semiseg.errors import SemisegInputError
 from semiseg.studies.patient import run_patient
 

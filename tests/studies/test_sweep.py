@@ -124,3 +124,12 @@ def test_killed_sweep_resumes_without_redoing_runs(finished: Path, tiny_cache: P
         assert (run / "test_metrics.csv").stat().st_mtime_ns == mtime, f"{run.name} was redone"
     assert read(out / "results.csv") == read(finished / "results.csv")
     assert read(out / "summary.csv") == read(finished / "summary.csv")
+
+
+@pytest.mark.parametrize("name", ["phantom_2d_study.yaml", "phantom_3d_study.yaml"])
+def test_example_studies_load(name: str):
+    from helpers import ROOT
+    from semiseg.studies.sweep import load_study
+
+    study = load_study(ROOT / "examples" / name)
+    assert study.seeds == [0, 1, 2] and Path(study.out).parent.resolve() == ROOT
