@@ -133,13 +133,13 @@ def ddpm_paper(tmp: Path) -> dict[str, Any]:
 
 
 def _paper_ddpm(tmp: Path, cache: Path) -> Path:
-    """A DDPM run with the paper preset's architecture (one step: weights matter not for timing)."""
-    from semiseg.training.runs import train
-
+    """A DDPM run with the paper preset's architecture (one step: weights matter not for timing).
+    Trained in a child process, so its memory does not count in the caller's peak."""
     run = tmp / "ddpm-paper-1step"
     if not (run / "latest.json").exists():
         shutil.rmtree(run, ignore_errors=True)
-        train(cache, "ddpm", run, preset="paper", overrides=["train.steps=1", "train.batch_size=2"])
+        subprocess.run([sys.executable, "-m", "semiseg", "pretrain", str(cache), "--out", str(run), "--preset", "paper",
+                        "--set", "train.steps=1", "--set", "train.batch_size=2"], check=True, capture_output=True)
     return run
 
 

@@ -69,7 +69,7 @@ def predict_volume(method: Method, volume: np.ndarray) -> tuple[np.ndarray, np.n
     out = sliding_window_inference(
         x,
         roi_size=method.patch_size(),
-        sw_batch_size=method.predict_batch_size(),
+        sw_batch_size=method.predict_windows(),
         predictor=both,
         overlap=float(method.config.get("predict", {}).get("overlap", 0.5)),
         mode="gaussian",

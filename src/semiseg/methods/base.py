@@ -122,7 +122,12 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def predict_batch_size(self) -> int:
+        """Slices per forward when predicting 2D."""
         return int(self.config.get("predict", {}).get("batch_size", 8))
+
+    def predict_windows(self) -> int:
+        """Sliding-window patches per forward when predicting 3D (memory grows with it)."""
+        return int(self.config.get("predict", {}).get("windows", 2))
 
     def patch_size(self) -> tuple[int, ...]:
         return tuple(int(p) for p in self.config["patch_size"])
