@@ -96,6 +96,7 @@ def train(
         raise SemisegInputError(out, "cannot resume: not a run folder (no config.json)")
     if not resume and out.exists() and any(out.iterdir()):
         raise SemisegInputError(out, "already exists and is not empty (use --resume to continue it, or another --out)")
+    barrier(info)  # every rank looks at the folder before rank 0 writes into it (else rank 1 may find it "not empty")
 
     if resume:
         record = read_run_config(out)
