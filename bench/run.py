@@ -132,15 +132,21 @@ def ddpm_paper(tmp: Path) -> dict[str, Any]:
     return {"what": "DDPM pretraining, paper preset, 128 px, batch 32", **r}
 
 
-def _paper_ddpm(tmp: Path, cache: Path) -> Path:
-    """A DDPM run with the paper preset's architecture (one step: weights matter not for timing).
-    Trained in a child process, so its memory does not count in the caller's peak."""
-    run = tmp / "ddpm-paper-1step"
+def _ddpm_run(tmp: Path, cache: Path, name: str, preset: str, settings: list[str]) -> Path:
+    """A DDPM run for the diffusion methods to read (made once per scratch folder). Trained in a
+    child process, so its memory does not count in the calling benchmark's peak."""
+    run = tmp / name
     if not (run / "latest.json").exists():
         shutil.rmtree(run, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "semiseg", "pretrain", str(cache), "--out", str(run), "--preset", "paper",
-                        "--set", "train.steps=1", "--set", "train.batch_size=2"], check=True, capture_output=True)
+        sets = [arg for s in settings for arg in ("--set", s)]
+        subprocess.run([sys.executable, "-m", "semiseg", "pretrain", str(cache), "--out", str(run), "--preset", preset, *sets],
+                       check=True, capture_output=True)
     return run
+
+
+def _paper_ddpm(tmp: Path, cache: Path) -> Path:
+    """The paper preset's architecture after one step (the weights do not matter for timing)."""
+    return _ddpm_run(tmp, cache, "ddpm-paper-1step", "paper", ["train.steps=1", "train.batch_size=2"])
 
 
 def _pixel_memory(tmp: Path, n: int) -> dict[str, Any]:
@@ -221,14 +227,7 @@ def predict_embedmatch_3d(tmp: Path) -> dict[str, Any]:
 def _train_seconds_per_method(tmp: Path, method: str) -> dict[str, Any]:
     """Training time at N = 10 labelled slices with the small preset (the demo's), 64 px phantom."""
     cache = prepared(tmp, 20, 64)
-    ddpm = None
-    if method.startswith("ddpm"):
-        from semiseg.training.runs import train
-
-        ddpm = tmp / "ddpm-small"
-        if not (ddpm / "latest.json").exists():
-            shutil.rmtree(ddpm, ignore_errors=True)
-            train(cache, "ddpm", ddpm, preset="small", overrides=["train.steps=50"])
+    ddpm = _ddpm_run(tmp, cache, "ddpm-small", "small", ["train.steps=50"]) if method.startswith("ddpm") else None
     from semiseg.config import load_config
     from semiseg.methods.base import get_method
 

@@ -70,16 +70,15 @@ def write_brats_case(
 
 
 
-def tiny_cache_at(root: Path, modalities: list[str] | None = None, cases: int = 8, unlabelled: bool = True) -> Path:
-    """Write ``cases`` small labelled cases (plus one unlabelled) under root/data and prepare them
+def tiny_cache_at(root: Path, modalities: list[str] | None = None) -> Path:
+    """Write eight small labelled cases and one unlabelled one under root/data and prepare them
     into root/cache (32 px slices, 2D and 3D, a quarter of the patients for testing); returns the cache."""
     from semiseg.data.cases import discover
     from semiseg.preprocess.cache import build_cache
 
-    for i in range(cases):
+    for i in range(8):
         write_brats_case(root / "data", f"case{i:02d}", shape=(36, 36, 24), seed=i)
-    if unlabelled:
-        write_brats_case(root / "data", "case99", label=False, shape=(36, 36, 24), seed=99)
+    write_brats_case(root / "data", "case99", label=False, shape=(36, 36, 24), seed=99)
     build_cache(discover(root / "data", modalities), root / "cache", slice_size=32, test_fraction=0.25)
     return root / "cache"
 
