@@ -103,8 +103,8 @@ def evaluate(tmp: Path) -> dict[str, Any]:
 
 
 def _train_speed(tmp: Path, method: str, preset: str, overrides: list[str], steps: int, cache: Path, **kw: Any) -> dict[str, Any]:
+    from semiseg.runs import train
     from semiseg.training.log import read_log
-    from semiseg.training.runs import train
 
     run = tmp / f"run-{method}-{preset}"
     shutil.rmtree(run, ignore_errors=True)
@@ -152,16 +152,16 @@ def _paper_ddpm(tmp: Path, cache: Path) -> Path:
 def _pixel_memory(tmp: Path, n: int) -> dict[str, Any]:
     cache = prepared(tmp, 20, 128, dims=("2d",))
     ddpm = _paper_ddpm(tmp, cache)
-    from semiseg.training.runs import train
+    from semiseg.runs import train
 
     run = tmp / f"pixel-{n}"
     shutil.rmtree(run, ignore_errors=True)
     t = time.perf_counter()
-    train(cache, "ddpm-pixel", run, preset="default", labeled=n, ddpm_run=ddpm,
+    train(cache, "ddpm-pixel", run, preset="default", n_labelled=n, ddpm_run=ddpm,
           overrides=["train.steps=200", "train.log_every=100", "train.checkpoint_every=200"])
     secs = time.perf_counter() - t
     from semiseg.methods.ddpm_pixel import DDPMPixel  # noqa: F401
-    from semiseg.training.runs import load_trained
+    from semiseg.runs import load_trained
 
     model, _ = load_trained(run)
     return {"what": f"ddpm-pixel training, N={n} slices of 128x128, paper UNet, {model.num_features} features/pixel, 10 MLPs, 200 steps",
@@ -187,13 +187,13 @@ def _brats_sized_volume(tmp: Path) -> Path:
 
 def _predict_seconds(tmp: Path, method: str, preset: str, extra: list[str], ddpm: bool, dims: int, slice_size: int = 128) -> dict[str, Any]:
     from semiseg.inference.predict import predict
-    from semiseg.training.runs import train
+    from semiseg.runs import train
 
     cache = prepared(tmp, 10, slice_size)
     ddpm_run = _paper_ddpm(tmp, cache) if ddpm else None
     run = tmp / f"predict-{method}-{dims}d"
     shutil.rmtree(run, ignore_errors=True)
-    train(cache, method, run, preset=preset, labeled=2 if dims == 3 else 10, ddpm_run=ddpm_run,
+    train(cache, method, run, preset=preset, n_labelled=2 if dims == 3 else 10, ddpm_run=ddpm_run,
           overrides=extra + [f"dims={dims}", "train.steps=1", "train.batch_size=1"])
     volume = _brats_sized_volume(tmp)
     out = tmp / f"pred-{method}-{dims}d"
@@ -233,7 +233,7 @@ def _train_seconds_per_method(tmp: Path, method: str) -> dict[str, Any]:
 
     preset_steps = int(load_config(get_method(method).config_files, "small")["train"]["steps"])
     steps = 100  # seconds per step times the preset's steps gives a full run's time
-    r = _train_speed(tmp, method, "small", ["dims=2"], steps, cache, labeled=10, ddpm_run=ddpm)
+    r = _train_speed(tmp, method, "small", ["dims=2"], steps, cache, n_labelled=10, ddpm_run=ddpm)
     return {"what": f"train {method}, N=10 slices, small preset, 64 px, {steps} of its {preset_steps} steps (incl. start-up)", **r,
             "seconds_per_step": r["seconds"] / steps}
 
@@ -245,7 +245,7 @@ for _m in ("supervised", "ddpm-pixel", "ddpm-finetune", "mean-teacher", "embedma
 def _embedmatch_step(tmp: Path, patch: int) -> dict[str, Any]:
     cache = prepared(tmp, 10, 64)
     r = _train_speed(tmp, "embedmatch", "default", ["dims=3", f"patch_size=[{patch},{patch},{patch}]", "teacher.warmup=0.0",
-                                                     "train.batch_size=2"], 3, cache, labeled=2)
+                                                     "train.batch_size=2"], 3, cache, n_labelled=2)
     return {"what": f"embedmatch 3D training step, {patch}^3 patches, batch 2+2, 8 MC passes, default network", **r,
             "seconds_per_step": r["seconds"] / 3}
 

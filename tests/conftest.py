@@ -33,7 +33,7 @@ def tiny_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_ddpm(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DDPM run trained for a few steps on tiny_cache."""
-    from semiseg.training.runs import train
+    from semiseg.runs import train
 
     out = tmp_path_factory.mktemp("ddpm") / "run"
     train(tiny_cache, "ddpm", out, preset="small", overrides=TINY_DDPM)

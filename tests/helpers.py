@@ -88,3 +88,12 @@ TINY = ["train.steps=4", "train.batch_size=2", "train.log_every=2", "train.check
 TINY_NET = ["network.features=[8,8,16,16,16,8]", "patch_size=[32,32,32]"]
 TINY_DDPM = ["train.steps=4", "train.batch_size=2", "train.log_every=2", "train.checkpoint_every=2",
              "model.base_channels=16", "model.norm_groups=8", "model.channel_mult=[1,2]", "model.attention_resolutions=[16]"]
+
+
+def data_info(modalities: tuple[str, ...] = ("t1",), scheme=None, slice_size: int = 32):
+    """A DataInfo for building a method without a cache (MRI channels, binary labels by default)."""
+    from semiseg.data.labels import BINARY
+    from semiseg.preprocess.cache import DataInfo
+    from semiseg.preprocess.normalise import Normaliser
+
+    return DataInfo(tuple(modalities), {m: "MRI" for m in modalities}, scheme or BINARY, Normaliser(["MRI"] * len(modalities)), slice_size, "nnunet")

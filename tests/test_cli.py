@@ -82,7 +82,7 @@ def test_ddpm_with_wrong_channels(tmp_path: Path, tiny_ddpm: Path):
     cache = tmp_path / "cache2"
     assert semiseg("prepare", str(root), "--out", str(cache), "--slice-size", "32").returncode == 0
     out = tmp_path / "run"
-    result = semiseg("train", str(cache), "--method", "ddpm-finetune", "--labeled", "2", "--ddpm", str(tiny_ddpm), "--out", str(out))
+    result = semiseg("train", str(cache), "--method", "ddpm-finetune", "--labelled", "2", "--ddpm", str(tiny_ddpm), "--out", str(out))
     assert_one_line_error(result, "DDPM was trained on 4 channels (t1, t1ce, t2, flair) but the cache has 2 channels (t1ce, flair)")
     assert not out.exists()
 
@@ -102,11 +102,11 @@ def test_checkpoint_that_does_not_fit(tmp_path: Path, tiny_ddpm: Path, tiny_cach
 
 
 def test_unknown_setting_and_method(tiny_cache: Path, tmp_path: Path):
-    r = semiseg("train", str(tiny_cache), "--method", "nope", "--labeled", "2", "--out", str(tmp_path / "r"))
+    r = semiseg("train", str(tiny_cache), "--method", "nope", "--labelled", "2", "--out", str(tmp_path / "r"))
     assert_one_line_error(r, "unknown method 'nope'")
-    r = semiseg("train", str(tiny_cache), "--method", "supervised", "--labeled", "2", "--set", "train.stepz=3", "--out", str(tmp_path / "r"))
+    r = semiseg("train", str(tiny_cache), "--method", "supervised", "--labelled", "2", "--set", "train.stepz=3", "--out", str(tmp_path / "r"))
     assert_one_line_error(r, "--set: unknown setting 'train.stepz'")
-    r = semiseg("train", str(tiny_cache), "--method", "supervised", "--labeled", "99", "--out", str(tmp_path / "r"))
+    r = semiseg("train", str(tiny_cache), "--method", "supervised", "--labelled", "99", "--out", str(tmp_path / "r"))
     assert_one_line_error(r, "asked for 99 labelled slices")
     assert not (tmp_path / "r").exists()
 

@@ -15,8 +15,8 @@ from helpers import TINY, TINY_NET, shared_data, tiny_cache_at
 from semiseg.data.cases import discover
 from semiseg.inference.predict import predict
 from semiseg.preprocess.cache import Cache, build_cache
+from semiseg.runs import train
 from semiseg.studies.sweep import load_study, run_sweep
-from semiseg.training.runs import train
 
 pytestmark = pytest.mark.slow
 TWO = ["flair", "t1ce"]
@@ -63,7 +63,7 @@ def test_prepare_real_two_modalities(ms_cache: Cache, ms_brats: Path) -> None:
 def test_predict_real_volumes_in_input_geometry(method: str, dims: int, phantom_two_channel: Path, ms_brats: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     extra = ["uncertainty.passes=2"] if method == "embedmatch" else []
-    train(phantom_two_channel, method, run, preset="small", labeled=2, overrides=TINY + TINY_NET + [f"dims={dims}"] + extra)
+    train(phantom_two_channel, method, run, preset="small", n_labelled=2, overrides=TINY + TINY_NET + [f"dims={dims}"] + extra)
     case = sorted(ms_brats.iterdir())[0]  # one case folder as input (a whole dataset works the same)
     paths = predict(run, case, tmp_path / "pred")
     assert [p.name for p in paths] == [f"{case.name}.nii.gz"]

@@ -110,7 +110,7 @@ def pretrain(
     device: DeviceOpt = None,
 ) -> None:
     """Train an unconditional DDPM on every cached slice (labels unused). Runs under torchrun too."""
-    from semiseg.training.runs import train as run_train
+    from semiseg.runs import train as run_train
 
     run_train(cache, "ddpm", out, preset=preset, config_file=config, overrides=set_, seed=seed, resume=resume, device=device)
     typer.echo(f"run {out}")
@@ -121,8 +121,12 @@ def train(
     cache: Annotated[Path, typer.Argument(help="Cache folder from `semiseg prepare`.")],
     method: Annotated[str, typer.Option("--method", "-M", help="supervised, ddpm-pixel, ddpm-finetune, mean-teacher, embedmatch.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to create (or resume).")],
-    labeled: Annotated[Optional[int], typer.Option("--labeled", "-n", help="Number of labelled slices (2D) or cases (3D), drawn with --seed.")] = None,
-    labeled_items: Annotated[Optional[str], typer.Option("--labeled-items", help="Explicit labelled items: case:slice,... (2D) or case,... (3D).")] = None,
+    n_labelled: Annotated[
+        Optional[int], typer.Option("--labelled", "--labeled", help="Number of labelled slices (2D) or cases (3D), drawn with --seed.")
+    ] = None,
+    labelled_items: Annotated[
+        Optional[str], typer.Option("--labelled-items", "--labeled-items", help="Explicit labelled items: case:slice,... (2D) or case,... (3D).")
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the labelled subset and of training.")] = 0,
     ddpm: Annotated[Optional[Path], typer.Option("--ddpm", help="Pretrained DDPM run (ddpm-pixel, ddpm-finetune).")] = None,
     preset: PresetOpt = "default",
@@ -132,11 +136,11 @@ def train(
     device: DeviceOpt = None,
 ) -> None:
     """Train a segmentation method with few labels. Runs under torchrun too."""
-    from semiseg.training.runs import train as run_train
+    from semiseg.runs import train as run_train
 
     run_train(
-        cache, method, out, preset=preset, config_file=config, overrides=set_, labeled=labeled,
-        labeled_items=_csv(labeled_items), seed=seed, ddpm_run=ddpm, resume=resume, device=device,
+        cache, method, out, preset=preset, config_file=config, overrides=set_, n_labelled=n_labelled,
+        labelled_items=_csv(labelled_items), seed=seed, ddpm_run=ddpm, resume=resume, device=device,
     )
     typer.echo(f"run {out}")
 

@@ -9,20 +9,20 @@ import pytest
 from helpers import TINY, TINY_NET, blob_case, write_brats_case, write_image
 from semiseg.errors import SemisegInputError
 from semiseg.inference.predict import predict
-from semiseg.training.runs import train
+from semiseg.runs import train
 
 
 @pytest.fixture(scope="module")
 def sup2d(tiny_cache: Path, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("sup2d") / "run"
-    train(tiny_cache, "supervised", run, preset="small", labeled=3, overrides=TINY + TINY_NET + ["dims=2"])
+    train(tiny_cache, "supervised", run, preset="small", n_labelled=3, overrides=TINY + TINY_NET + ["dims=2"])
     return run
 
 
 @pytest.fixture(scope="module")
 def sup3d(tiny_cache: Path, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("sup3d") / "run"
-    train(tiny_cache, "supervised", run, preset="small", labeled=2, overrides=TINY + TINY_NET + ["dims=3"])
+    train(tiny_cache, "supervised", run, preset="small", n_labelled=2, overrides=TINY + TINY_NET + ["dims=3"])
     return run
 
 
@@ -58,7 +58,7 @@ def test_prediction_is_the_same_in_any_voxel_order(tmp_path: Path, tiny_cache: P
     """The same head stored in RAS and in LPS voxel order (same world coordinates) gets the same
     segmentation in world space, and that segmentation finds the tumour."""
     run = tmp_path / "longer"
-    train(tiny_cache, "supervised", run, preset="small", labeled=6, overrides=["dims=2", "train.steps=150", "train.batch_size=4", "train.lr=3e-3"])
+    train(tiny_cache, "supervised", run, preset="small", n_labelled=6, overrides=["dims=2", "train.steps=150", "train.batch_size=4", "train.lr=3e-3"])
     images, label = blob_case((36, 36, 24), seed=3)
     ras = np.eye(4)
     lps = np.diag([-1.0, -1.0, 1.0, 1.0])

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY, TINY_NET
+from helpers import TINY, TINY_NET, data_info
 from semiseg.inference.predict import predict_slices, predict_volume
 from semiseg.preprocess.cache import Cache
+from semiseg.runs import load_trained, train
 from semiseg.training.log import read_log
-from semiseg.training.runs import load_trained, train
 
 CASES = [
     ("supervised", 2, TINY_NET),
@@ -28,13 +28,13 @@ CASES = [
 def test_method_trains_and_predicts(method, dims, extra, tiny_cache: Path, tiny_ddpm: Path, tmp_path: Path):
     run = tmp_path / "run"
     labeled = 2 if dims == 3 else 3
-    train(tiny_cache, method, run, preset="small", labeled=labeled, seed=1, ddpm_run=tiny_ddpm,
+    train(tiny_cache, method, run, preset="small", n_labelled=labeled, seed=1, ddpm_run=tiny_ddpm,
           overrides=TINY + extra + [f"dims={dims}"])
     rows = read_log(run / "train_log.csv")
     assert [r["step"] for r in rows] == [2, 4] and all(np.isfinite(r["loss"]) for r in rows)
     assert (run / "loss_curve.png").exists()
     model, record = load_trained(run)
-    assert record["plan"]["dims"] == dims and len(record["plan"]["labelled"]) == labeled
+    assert record.plan.dims == dims and len(record.plan.labelled) == labeled
     cache = Cache(tiny_cache)
     cid = cache.ids("test")[0]
     if dims == 2:
@@ -49,7 +49,7 @@ def test_method_trains_and_predicts(method, dims, extra, tiny_cache: Path, tiny_
 
 def test_embedmatch_diagnostics_measured_against_ground_truth(tiny_cache: Path, tmp_path: Path):
     run = tmp_path / "em"
-    train(tiny_cache, "embedmatch", run, preset="small", labeled=3, seed=0,
+    train(tiny_cache, "embedmatch", run, preset="small", n_labelled=3, seed=0,
           overrides=TINY + TINY_NET + ["dims=2", "train.steps=6", "teacher.warmup=0.34", "uncertainty.threshold=0.3"])
     rows = read_log(run / "diagnostics.csv")
     assert rows, "diagnostics.csv has no rows"
@@ -62,13 +62,11 @@ def test_embedmatch_diagnostics_measured_against_ground_truth(tiny_cache: Path, 
 
 def test_bank_matching_picks_nearest_class():
     from semiseg.config import load_config
-    from semiseg.data.labels import BINARY
     from semiseg.methods.embedmatch import EmbedMatch
 
     tiny = ["network.features=[8,8,8,8,8,4]", "matching.bank_per_class=8", "matching.k=3", "matching.chunk=2"]
     cfg = load_config(EmbedMatch.config_files, "small", overrides=tiny)
-    data = {"modalities": ["t1"], "scheme": BINARY.to_json(), "slice_size": 32}
-    m = EmbedMatch(cfg, data)
+    m = EmbedMatch(cfg, data_info())
     a, b = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 1.0, 0, 0])
     for _ in range(4):  # at most an eighth of the bank per class per call: 1 here
         m.enqueue(torch.stack([a] * 4 + [b] * 4), torch.tensor([0] * 4 + [1] * 4))
@@ -87,7 +85,7 @@ def test_pseudo_label_accuracies_follow_the_ground_truth():
     from semiseg.training.losses import IGNORE
 
     cfg = load_config(EmbedMatch.config_files, "small", overrides=["network.features=[8,8,8,8,8,4]", "network.dropout=0.0", "dims=2", "uncertainty.passes=2"])
-    m = EmbedMatch(cfg, {"modalities": ["t1"], "scheme": BRATS2021.to_json(), "slice_size": 32})
+    m = EmbedMatch(cfg, data_info(scheme=BRATS2021))
     torch.manual_seed(0)
     u = torch.randn(2, 1, 32, 32)
     lab = torch.randint(0, 4, (2, 32, 32))

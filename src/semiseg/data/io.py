@@ -15,8 +15,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from semiseg.atomic import atomic_path
 from semiseg.errors import SemisegInputError
+from semiseg.files import atomic_path
 
 #: affines of co-registered images may differ by float noise; anything larger is a real mismatch
 AFFINE_TOLERANCE = 1e-3

@@ -58,9 +58,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from semiseg.atomic import atomic_dir
 from semiseg.data.io import write_nifti
 from semiseg.errors import SemisegInputError
+from semiseg.files import atomic_dir
 
 DEFAULT_SHAPE: tuple[int, int, int] = (128, 128, 96)
 DEFAULT_SPACING: tuple[float, float, float] = (1.5, 1.5, 1.5)

@@ -22,12 +22,12 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from semiseg.atomic import write_json, write_text
 from semiseg.data.cases import NIFTI_SUFFIXES, discover
 from semiseg.data.io import check_same_geometry, read_label
 from semiseg.data.labels import BINARY, BRATS2021, BRATS2023, LabelScheme, scheme_from_dataset_json
 from semiseg.errors import SemisegInputError
 from semiseg.evaluation.metrics import EMPTY_POLICY, METRICS, region_metrics, summarise
+from semiseg.files import write_json, write_text
 
 PER_CASE_CSV = "evaluation_per_case.csv"
 SUMMARY_JSON = "evaluation_summary.json"

@@ -26,11 +26,10 @@ from semiseg.data.loading import check_case_headers
 from semiseg.errors import SemisegInputError
 from semiseg.methods.base import Method
 from semiseg.preprocess.geometry import resize_stack, unsquare_slices
-from semiseg.preprocess.normalise import Normaliser
 from semiseg.preprocess.pipeline import PreparedCase, case_slices, prepare_case
 from semiseg.progress import progress_bar
+from semiseg.runs.train import describe_channels, load_trained
 from semiseg.training.distributed import pick_device
-from semiseg.training.runs import describe_channels, load_trained
 
 NNUNET_IMAGE = re.compile(r"^(.*)_(\d{4})\.nii(\.gz)?$")
 
@@ -145,8 +144,8 @@ def predict(
     method, record = load_trained(run_dir, pick_device(0, device))
     if not method.segments:
         raise SemisegInputError(run_dir, "is a DDPM pretraining run, not a segmentation run; train one with --ddpm")
-    data = record["data"]
-    modalities = list(data["modalities"])
+    data = record.data
+    modalities = list(data.modalities)
     if images:
         given = {canonical_modality(k): Path(v) for k, v in images.items()}
         missing = [m for m in modalities if m not in given]
@@ -160,9 +159,9 @@ def predict(
         check_case_headers(case)
     model_scheme = method.scheme
     write_scheme = output_scheme(model_scheme, data_scheme)
-    normaliser = Normaliser.from_json(data["normalisation"])
+    normaliser = data.normaliser
     pad = normaliser.background_value()
-    size = int(data["slice_size"])
+    size = data.slice_size
     background = np.zeros(model_scheme.num_classes, dtype=np.float32)
     background[0] = 1.0
 

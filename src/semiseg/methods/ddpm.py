@@ -14,10 +14,12 @@ from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
 from semiseg.errors import SemisegInputError
-from semiseg.methods.base import Method, TrainContext, make_ema, register
+from semiseg.methods.base import Method, make_ema, register
 from semiseg.models.diffusion import build_sampler, build_scheduler, build_unet
+from semiseg.preprocess.cache import DataInfo
 from semiseg.training.batches import SliceSource, Stream, step_rng
 from semiseg.training.checkpoint import EMA_PREFIX, fit_state_dict, latest_checkpoint, load_model_state
+from semiseg.training.context import TrainContext
 
 
 def unet_config(model: dict[str, Any], slice_size: int) -> dict[str, Any]:
@@ -59,9 +61,9 @@ class DDPM(Method):
     config_files = ["ddpm"]
     segments = False
 
-    def __init__(self, config: dict[str, Any], data_info: dict[str, Any]) -> None:
-        super().__init__(config, data_info)
-        self.unet = build_unet(unet_config(config["model"], data_info["slice_size"]), self.channels)
+    def __init__(self, config: dict[str, Any], data: DataInfo) -> None:
+        super().__init__(config, data)
+        self.unet = build_unet(unet_config(config["model"], data.slice_size), self.channels)
         self.scheduler = build_scheduler(config["diffusion"])
         self.scale = float(config["diffusion"].get("data_scale", 1.0))
         decay = config["train"].get("ema_decay")
@@ -69,7 +71,7 @@ class DDPM(Method):
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
-        items = [(c, z) for c in ctx.plan["unlabelled_cases"] for z in range(ctx.cache.cases[c].n_slices)]
+        items = ctx.plan.unlabelled_items(ctx.cache)
         self.source = SliceSource(ctx.cache, items, labelled=False)
         self.stream = Stream(len(items), int(self.config["train"]["batch_size"]), ctx.seed, ctx.info)
 
@@ -101,7 +103,7 @@ class DDPM(Method):
         """Generate ``n`` slices with DDIM in ``steps`` steps; returns (n, C, S, S) in z-score units."""
         net = self.denoiser().eval()
         device = next(net.parameters()).device
-        size = int(self.data_info["slice_size"])
+        size = int(self.data.slice_size)
         sampler = build_sampler(self.config["diffusion"], steps)
         g = torch.Generator(device="cpu").manual_seed(seed)
         x = torch.randn((n, self.channels, size, size), generator=g).to(device)

@@ -15,10 +15,12 @@ import torch
 from torch import nn
 
 from semiseg.errors import SemisegInputError
-from semiseg.methods.base import TrainContext, register
+from semiseg.methods.base import register
 from semiseg.methods.ddpm import load_pretrained_denoiser, timestep_index, unet_config
 from semiseg.methods.segmentation import SegmentationMethod
 from semiseg.models.diffusion import build_scheduler, build_unet
+from semiseg.preprocess.cache import DataInfo
+from semiseg.training.context import TrainContext
 
 HEAD = "out."
 #: seed of the noise used at prediction time, so predictions are reproducible
@@ -31,12 +33,12 @@ class DDPMFinetune(SegmentationMethod):
     config_files = ["segmentation", "ddpm_finetune"]
     needs_ddpm = True
 
-    def __init__(self, config: dict[str, Any], data_info: dict[str, Any]) -> None:
-        super().__init__(config, data_info)
+    def __init__(self, config: dict[str, Any], data: DataInfo) -> None:
+        super().__init__(config, data)
         if self.dims != 2:
             raise SemisegInputError(None, f"{self.name} works on 2D slices (the DDPM is 2D); set dims=2")
         ddpm = config["ddpm"]
-        self.unet = build_unet(unet_config(ddpm["model"], data_info["slice_size"]), self.channels)
+        self.unet = build_unet(unet_config(ddpm["model"], data.slice_size), self.channels)
         width = self.unet.out[-1].conv.in_channels
         head = nn.Conv2d(width, self.num_classes, kernel_size=3, padding=1)
         nn.init.zeros_(head.weight)

@@ -27,10 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from semiseg.errors import SemisegInputError
-from semiseg.methods.base import Method, TrainContext, register
+from semiseg.methods.base import Method, register
 from semiseg.methods.ddpm import load_pretrained_denoiser, timestep_index, unet_config
 from semiseg.models.diffusion import DecoderFeatures, build_scheduler, build_unet
-from semiseg.training.batches import SliceSource, parse_slice_item, step_rng
+from semiseg.preprocess.cache import DataInfo
+from semiseg.training.batches import SliceSource, step_rng
+from semiseg.training.context import TrainContext
 from semiseg.training.losses import class_weights
 
 #: slices a training step draws its pixels from
@@ -67,8 +69,8 @@ class DDPMPixel(Method):
     config_files = ["segmentation", "ddpm_pixel"]
     needs_ddpm = True
 
-    def __init__(self, config: dict[str, Any], data_info: dict[str, Any]) -> None:
-        super().__init__(config, data_info)
+    def __init__(self, config: dict[str, Any], data: DataInfo) -> None:
+        super().__init__(config, data)
         if self.dims != 2:
             raise SemisegInputError(None, f"{self.name} works on 2D slices (the DDPM is 2D); set dims=2")
         if config.get("loss", {}).get("dice_weight"):
@@ -76,7 +78,7 @@ class DDPMPixel(Method):
         if config["noise"] not in ("shared", "fresh"):
             raise SemisegInputError(None, f"noise must be 'shared' or 'fresh', got {config['noise']!r}")
         ddpm = config["ddpm"]
-        size = int(data_info["slice_size"])
+        size = int(data.slice_size)
         self.unet = build_unet(unet_config(ddpm["model"], size), self.channels).requires_grad_(False)
         self.scheduler = build_scheduler(ddpm["diffusion"])
         self.scale = float(ddpm["diffusion"].get("data_scale", 1.0))
@@ -110,8 +112,7 @@ class DDPMPixel(Method):
         assert ctx.ddpm_run is not None
         load_pretrained_denoiser(ctx.ddpm_run, self.unet)
         self.unet.requires_grad_(False)
-        items = [parse_slice_item(i) for i in ctx.plan["labelled"]]
-        self.source = SliceSource(ctx.cache, items, labelled=True)
+        self.source = SliceSource(ctx.cache, ctx.plan.labelled_slices(), labelled=True)
         if self.config["noise"] == "shared":
             self._write_spill(ctx)
 

@@ -31,6 +31,7 @@ from semiseg.methods.base import make_ema, register
 from semiseg.methods.mean_teacher import noisy
 from semiseg.methods.segmentation import SegmentationMethod
 from semiseg.models.unet import SegUNet, enable_mc_dropout
+from semiseg.preprocess.cache import DataInfo
 from semiseg.training.log import CsvLog
 from semiseg.training.losses import IGNORE, entropy, sigmoid_rampup
 
@@ -49,8 +50,8 @@ class EmbedMatch(SegmentationMethod):
     config_files = ["segmentation", "embedmatch"]
     semi_supervised = True
 
-    def __init__(self, config: dict[str, Any], data_info: dict[str, Any]) -> None:
-        super().__init__(config, data_info)
+    def __init__(self, config: dict[str, Any], data: DataInfo) -> None:
+        super().__init__(config, data)
         net = config["network"]
         self.net = SegUNet(self.dims, self.channels, self.num_classes, net["features"], net.get("dropout", 0.3))
         self.teacher = make_ema(self.net, float(config["teacher"]["ema_decay"]))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from semiseg.methods.base import make_ema, register
 from semiseg.methods.segmentation import SegmentationMethod
 from semiseg.models.unet import SegUNet
+from semiseg.preprocess.cache import DataInfo
 from semiseg.training.losses import sigmoid_rampup
 
 
@@ -26,8 +27,8 @@ class MeanTeacher(SegmentationMethod):
     config_files = ["segmentation", "mean_teacher"]
     semi_supervised = True
 
-    def __init__(self, config: dict[str, Any], data_info: dict[str, Any]) -> None:
-        super().__init__(config, data_info)
+    def __init__(self, config: dict[str, Any], data: DataInfo) -> None:
+        super().__init__(config, data)
         net = config["network"]
         self.net = SegUNet(self.dims, self.channels, self.num_classes, net["features"], net.get("dropout", 0.3))
         self.teacher = make_ema(self.net, float(config["ema_decay"]))

@@ -8,9 +8,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from semiseg.methods.base import Method, TrainContext
+from semiseg.methods.base import Method
+from semiseg.preprocess.cache import DataInfo
 from semiseg.training.augment import Augmenter
-from semiseg.training.batches import PatchSource, SliceSource, Stream, parse_slice_item, step_rng
+from semiseg.training.batches import PatchSource, SliceSource, Stream, step_rng
+from semiseg.training.context import TrainContext
 from semiseg.training.losses import SegmentationLoss, entropy
 
 
@@ -18,8 +20,8 @@ class SegmentationMethod(Method):
     """Base of the segmentation methods. Subclasses define :meth:`logits` (and, if
     semi-supervised, a ``forward`` that uses ``batch["unlabelled"]``)."""
 
-    def __init__(self, config: dict[str, Any], data_info: dict[str, Any]) -> None:
-        super().__init__(config, data_info)
+    def __init__(self, config: dict[str, Any], data: DataInfo) -> None:
+        super().__init__(config, data)
         loss = config.get("loss", {})
         self.loss_fn = SegmentationLoss(self.num_classes, loss.get("dice_weight", 1.0), loss.get("class_weights"))
         self.labelled: SliceSource | PatchSource | None = None
@@ -33,17 +35,12 @@ class SegmentationMethod(Method):
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
-        plan, bs = ctx.plan, int(self.config["train"]["batch_size"])
+        bs = int(self.config["train"]["batch_size"])
         self.augment = Augmenter(self.config.get("augment", {}), self.dims)
-        items = [parse_slice_item(i) for i in plan["labelled"]] if self.dims == 2 else list(plan["labelled"])
-        self.labelled = self._source(ctx, items, labelled=True)
+        self.labelled = self._source(ctx, ctx.plan.labelled_items(), labelled=True)
         self.labelled_stream = Stream(len(self.labelled), bs, ctx.seed, ctx.info)
         if self.semi_supervised:
-            if self.dims == 2:
-                taken = set(items)
-                unl = [(c, z) for c in plan["unlabelled_cases"] for z in range(ctx.cache.cases[c].n_slices) if (c, z) not in taken]
-            else:
-                unl = list(plan["unlabelled_cases"])
+            unl = ctx.plan.unlabelled_items(ctx.cache)
             if unl:
                 self.unlabelled = self._source(ctx, unl, labelled=False)
                 ubs = int(self.config.get("unlabelled_batch_size") or bs)

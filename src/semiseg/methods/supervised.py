@@ -9,6 +9,7 @@ import torch
 from semiseg.methods.base import register
 from semiseg.methods.segmentation import SegmentationMethod
 from semiseg.models.unet import SegUNet
+from semiseg.preprocess.cache import DataInfo
 
 
 @register
@@ -18,8 +19,8 @@ class Supervised(SegmentationMethod):
     name = "supervised"
     config_files = ["segmentation", "supervised"]
 
-    def __init__(self, config: dict[str, Any], data_info: dict[str, Any]) -> None:
-        super().__init__(config, data_info)
+    def __init__(self, config: dict[str, Any], data: DataInfo) -> None:
+        super().__init__(config, data)
         net = config["network"]
         self.net = SegUNet(self.dims, self.channels, self.num_classes, net["features"], net.get("dropout", 0.0))
 

@@ -14,7 +14,6 @@ never has to fit in memory; one file per case keeps writing streamable (no globa
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -22,11 +21,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from semiseg.atomic import atomic_dir, write_json
 from semiseg.data.cases import Dataset
 from semiseg.data.labels import LabelScheme
 from semiseg.data.loading import check_case_headers, load_case
 from semiseg.errors import SemisegInputError
+from semiseg.files import atomic_dir, read_json, write_json
 from semiseg.preprocess.geometry import CaseGeometry
 from semiseg.preprocess.normalise import Normaliser, fit_ct_stats, sample_foreground
 from semiseg.preprocess.pipeline import case_slices, prepare_case
@@ -35,6 +34,48 @@ from semiseg.preprocess.splits import patient_split
 CACHE_VERSION = 1
 INDEX = "index.json"
 DIMS = ("2d", "3d")
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a trained model needs to know about its data; stored in every run's ``config.json``.
+
+    ``modalities`` in channel order, ``kinds`` MRI/CT per modality, the label ``scheme``, the
+    ``normaliser`` that prediction applies to new cases, the 2D ``slice_size`` and the dataset
+    ``format`` (brats2021, brats2023, nnunet).
+    """
+
+    modalities: tuple[str, ...]
+    kinds: dict[str, str]
+    scheme: LabelScheme
+    normaliser: Normaliser
+    slice_size: int
+    format: str
+
+    @property
+    def channels(self) -> int:
+        return len(self.modalities)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "modalities": list(self.modalities),
+            "kinds": dict(self.kinds),
+            "scheme": self.scheme.to_json(),
+            "normalisation": self.normaliser.to_json(),
+            "slice_size": self.slice_size,
+            "format": self.format,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "DataInfo":
+        return cls(
+            modalities=tuple(obj["modalities"]),
+            kinds=dict(obj["kinds"]),
+            scheme=LabelScheme.from_json(obj["scheme"]),
+            normaliser=Normaliser.from_json(obj["normalisation"]),
+            slice_size=int(obj["slice_size"]),
+            format=str(obj["format"]),
+        )
 
 
 @dataclass
@@ -76,10 +117,7 @@ class Cache:
         index_path = self.root / INDEX
         if not index_path.is_file():
             raise SemisegInputError(self.root, f"is not a semiseg cache (no {INDEX}); create one with `semiseg prepare`")
-        try:
-            index = json.loads(index_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise SemisegInputError(index_path, f"is not valid JSON ({exc})") from None
+        index = read_json(index_path, "cache index")
         if index.get("version") != CACHE_VERSION:
             raise SemisegInputError(index_path, f"cache version {index.get('version')} is not {CACHE_VERSION}; prepare it again")
         self.index = index
@@ -127,16 +165,9 @@ class Cache:
         """(X', Y', Z') uint8 memmap of a labelled case's class map."""
         return self._array(case_id, "vlabel")
 
-    def data_info(self) -> dict[str, Any]:
-        """What a trained model needs to know about its data (stored in every run's config)."""
-        return {
-            "modalities": list(self.modalities),
-            "kinds": self.index["kinds"],
-            "scheme": self.scheme.to_json(),
-            "normalisation": self.normaliser.to_json(),
-            "slice_size": self.slice_size,
-            "format": self.index["format"],
-        }
+    def data_info(self) -> DataInfo:
+        """What a trained model needs to know about this cache's data."""
+        return DataInfo(self.modalities, dict(self.index["kinds"]), self.scheme, self.normaliser, self.slice_size, self.index["format"])
 
 
 def _ct_statistics(dataset: Dataset, cases: list) -> dict[int, dict]:

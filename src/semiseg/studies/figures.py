@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from semiseg.atomic import atomic_path  # noqa: E402
+from semiseg.files import atomic_path  # noqa: E402
 
 #: overlay colours per class index (background transparent): red, green, yellow, then cycling
 CLASS_COLOURS = np.array([[0, 0, 0, 0], [0.90, 0.20, 0.20, 0.55], [0.20, 0.80, 0.30, 0.45], [1.00, 0.85, 0.10, 0.65],
@@ -47,16 +47,16 @@ def show_labels(ax: plt.Axes, classes: np.ndarray) -> None:
 def sample_grid(run: str | PathLike, out: str | PathLike, n: int = 16, steps: int = 50, seed: int = 0, device: str | None = None) -> Path:
     """Generate ``n`` slices from a DDPM run and save a grid: one row per sample, one column per modality."""
     from semiseg.errors import SemisegInputError
+    from semiseg.runs import load_trained
     from semiseg.training.distributed import pick_device
-    from semiseg.training.runs import load_trained
 
     if n < 1 or steps < 1:
         raise SemisegInputError(None, f"--n and --steps must be at least 1, got {n} and {steps}")
     method, record = load_trained(run, pick_device(0, device))
-    if record["method"] != "ddpm":
-        raise SemisegInputError(run, f"is a {record['method']!r} run; sampling needs a DDPM run from `semiseg pretrain`")
+    if record.method != "ddpm":
+        raise SemisegInputError(run, f"is a {record.method!r} run; sampling needs a DDPM run from `semiseg pretrain`")
     samples = method.sample(n, steps=steps, seed=seed)
-    mods = record["data"]["modalities"]
+    mods = record.data.modalities
     fig, axes = plt.subplots(n, len(mods), figsize=(1.6 * len(mods), 1.6 * n), squeeze=False)
     for i in range(n):
         for c, m in enumerate(mods):
@@ -66,10 +66,9 @@ def sample_grid(run: str | PathLike, out: str | PathLike, n: int = 16, steps: in
 
 
 def _run_step(run: str | PathLike) -> int:
-    from semiseg.training.checkpoint import latest_checkpoint
+    from semiseg.training.checkpoint import latest_step
 
-    folder = latest_checkpoint(run)
-    return int(folder.name.split("-")[1]) if folder else 0
+    return latest_step(run) or 0
 
 
 def label_efficiency_plot(

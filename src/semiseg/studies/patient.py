@@ -8,22 +8,21 @@ near the annotated slices and lower far from them.
 
 from __future__ import annotations
 
-import csv
-import io
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 
-from semiseg.atomic import write_text
 from semiseg.data.cases import discover
 from semiseg.data.io import read_label
 from semiseg.errors import SemisegInputError
 from semiseg.evaluation.metrics import region_metrics
+from semiseg.files import write_csv
 from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache, build_cache
 from semiseg.progress import log
 from semiseg.studies import figures
+from semiseg.training.plan import format_slice
 
 
 def pick_slices(cache: Cache, case_id: str, count: int) -> list[int]:
@@ -64,7 +63,7 @@ def run_patient(
         ``{"segmentation", "plot", "csv", "annotated"}``.
     """
     from semiseg.inference.predict import predict
-    from semiseg.training.runs import train
+    from semiseg.runs import ensure_trained
 
     out = Path(out)
     dataset = discover(case_dir, modalities)
@@ -92,13 +91,11 @@ def run_patient(
 
     cls = get_method(method)
     if cls.needs_ddpm and ddpm_run is None:
-        ddpm_run = out / "ddpm"
-        if not (ddpm_run / "latest.json").exists():
-            train(cache.root, "ddpm", ddpm_run, preset=ddpm_preset, overrides=ddpm_overrides, resume=(ddpm_run / "config.json").exists(), device=device)
-    run = out / f"run-{method}"
-    if not (run / "latest.json").exists():
-        train(cache.root, method, run, preset=preset, overrides=(overrides or []) + ["dims=2"], labeled_items=[f"{case.case_id}:{z}" for z in zs],
-              seed=seed, ddpm_run=ddpm_run if cls.needs_ddpm else None, resume=(run / "config.json").exists(), device=device)
+        ddpm_run = ensure_trained(out / "ddpm", cache.root, "ddpm", preset=ddpm_preset, overrides=ddpm_overrides, device=device)
+    run = ensure_trained(
+        out / f"run-{method}", cache.root, method, preset=preset, overrides=(overrides or []) + ["dims=2"],
+        labelled_items=[format_slice(case.case_id, z) for z in zs], seed=seed, ddpm_run=ddpm_run if cls.needs_ddpm else None, device=device,
+    )
     seg_path = predict(run, case_dir, out, device=device)[0]
 
     pred, _ = read_label(seg_path)
@@ -116,10 +113,6 @@ def run_patient(
         for region, vals in metrics.items():
             curves[region].append(vals["dice"])
             rows.append({"slice": s, "annotated": int(s in annotated), "region": region, "dice": vals["dice"], "hd95": vals["hd95"]})
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["slice", "annotated", "region", "dice", "hd95"])
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out / "slice_dice.csv", buf.getvalue())
+    write_csv(out / "slice_dice.csv", rows, ["slice", "annotated", "region", "dice", "hd95"])
     plot = figures.slice_dice_plot(indices, curves, annotated, out / "slice_dice.png", f"{case.case_id}: {method}, {len(zs)} annotated slices")
     return {"segmentation": seg_path, "plot": plot, "csv": out / "slice_dice.csv", "annotated": annotated}

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 import semiseg
-from semiseg.atomic import write_text
+from semiseg.files import write_text
 from semiseg.preprocess.cache import Cache
 from semiseg.studies import figures
 

@@ -18,11 +18,7 @@ a restarted sweep redoes nothing and ends with the results an uninterrupted one 
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from os import PathLike
@@ -32,8 +28,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from semiseg.atomic import write_json, write_text
 from semiseg.errors import SemisegInputError
+from semiseg.files import read_csv, write_csv, write_json
 from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache
 from semiseg.progress import log
@@ -108,13 +104,6 @@ def load_study(path: str | PathLike | None = None, **values: Any) -> Study:
     return study
 
 
-def _finished_ddpm(run: Path, steps: int) -> bool:
-    from semiseg.training.checkpoint import latest_checkpoint
-
-    folder = latest_checkpoint(run) if (run / "latest.json").exists() else None
-    return folder is not None and int(folder.name.split("-")[1]) >= steps
-
-
 def prepare_study_cache(study: Study) -> Cache:
     """The study's cache: the given one, or the dataset prepared into OUT/cache (reused if present)."""
     from semiseg.data.cases import discover
@@ -132,21 +121,14 @@ def prepare_study_cache(study: Study) -> Cache:
 
 def pretrain_study_ddpm(study: Study, cache: Cache) -> Path:
     """The DDPM shared by the study's diffusion methods: the given run, or OUT/ddpm (resumed)."""
-    from semiseg.config import load_config
-    from semiseg.training.runs import CONFIG, train
+    from semiseg.runs.train import ensure_trained, is_finished
 
     if study.ddpm.get("run"):
         return Path(study.ddpm["run"])
     run = Path(study.out) / "ddpm"
-    cfg = load_config(["ddpm"], study.ddpm["preset"], overrides=study.ddpm.get("set") or [])
-    if _finished_ddpm(run, int(cfg["train"]["steps"])):
-        return run
-    resume = (run / CONFIG).exists()
-    if run.exists() and not resume:
-        shutil.rmtree(run)
-    log(f"[bold]pretrain[/] DDPM ({study.ddpm['preset']} preset) -> {run}")
-    train(cache.root, "ddpm", run, preset=study.ddpm["preset"], overrides=study.ddpm.get("set") or [], resume=resume, device=study.device)
-    return run
+    if not is_finished(run):
+        log(f"[bold]pretrain[/] DDPM ({study.ddpm['preset']} preset) -> {run}")
+    return ensure_trained(run, cache.root, "ddpm", preset=study.ddpm["preset"], overrides=study.ddpm.get("set") or [], device=study.device)
 
 
 def overlay_slices(cache: Cache, test: list[str], count: int, dims: int) -> list[tuple[str, int]]:
@@ -170,43 +152,32 @@ def overlay_slices(cache: Cache, test: list[str], count: int, dims: int) -> list
     return picks
 
 
-def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
+def run_path(out: str | PathLike, method: str, n_labelled: int, seed: int) -> Path:
+    """The run folder of one method x label budget x seed in a study folder."""
+    return Path(out) / "runs" / method / f"n{n_labelled}-s{seed}"
 
 
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def run_one(study: Study, cache: Cache, method: str, budget: int, seed: int, ddpm_run: Path | None, keep: list[tuple[str, int]]) -> Path:
+def run_one(study: Study, cache: Cache, method: str, n_labelled: int, seed: int, ddpm_run: Path | None, keep: list[tuple[str, int]]) -> Path:
     """Train (or resume) one run of the sweep and score it on the test split, unless finished."""
-    from semiseg.evaluation.holdout import evaluate_on_cache
+    from semiseg.runs import ensure_trained, load_trained
+    from semiseg.studies.holdout import evaluate_on_cache
     from semiseg.training.distributed import pick_device
-    from semiseg.training.runs import CONFIG, load_trained, train
 
-    run = Path(study.out) / "runs" / method / f"n{budget}-s{seed}"
+    run = run_path(study.out, method, n_labelled, seed)
     if (run / TEST_METRICS).exists():
         return run
-    resume = (run / CONFIG).exists()
-    if run.exists() and not resume:
-        shutil.rmtree(run)  # killed before its config was written: nothing to keep
     cls = get_method(method)
     t0 = time.perf_counter()
-    train(
-        cache.root, method, run, preset=study.preset, overrides=study.method_overrides(method) + [f"dims={study.dims}"],
-        labeled=budget, seed=seed, ddpm_run=ddpm_run if cls.needs_ddpm else None, resume=resume, device=study.device,
+    ensure_trained(
+        run, cache.root, method, preset=study.preset, overrides=study.method_overrides(method) + [f"dims={study.dims}"],
+        n_labelled=n_labelled, seed=seed, ddpm_run=ddpm_run if cls.needs_ddpm else None, device=study.device,
     )
     train_seconds = time.perf_counter() - t0
     model, _ = load_trained(run, pick_device(0, study.device))
     rows, kept = evaluate_on_cache(model, cache, cache.ids("test"), study.test_slices_per_case, keep)
     np.savez_compressed(run / OVERLAY_PREDICTIONS, **{k.replace(":", "@"): v for k, v in kept.items()})
     write_json(run / "timing.json", {"train_seconds_this_session": train_seconds})
-    _write_csv(run / TEST_METRICS, rows, ["case", "slice", "region", "metric", "value"])
+    write_csv(run / TEST_METRICS, rows, ["case", "slice", "region", "metric", "value"])
     return run
 
 
@@ -254,11 +225,11 @@ def run_sweep(study: Study) -> Path:
             bar.update(task, completed=i + 1)
     results = []
     for m, b, s in jobs:
-        for r in _read_csv(out / "runs" / m / f"n{b}-s{s}" / TEST_METRICS):
+        for r in read_csv(run_path(out, m, b, s) / TEST_METRICS):
             results.append({"method": m, "budget": b, "seed": s, **r})
-    _write_csv(out / "results.csv", results, RESULT_FIELDS)
+    write_csv(out / "results.csv", results, RESULT_FIELDS)
     summary = summarise_results(results)
-    _write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
+    write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
     return write_report(study, cache, summary, keep, ddpm_run)
 
 
@@ -286,13 +257,10 @@ def summary_table(summary: list[dict], metric: str = "dice"):
 
 def read_summary(out: str | PathLike) -> list[dict]:
     """Rows of OUT/summary.csv with numbers parsed."""
-    rows = _read_csv(Path(out) / "summary.csv")
+    rows = read_csv(Path(out) / "summary.csv")
     for r in rows:
         r["budget"] = int(r["budget"])
         for k in ("mean", "std"):
             r[k] = float(r[k])
     return rows
 
-
-def study_json(out: str | PathLike) -> dict:
-    return json.loads((Path(out) / "study.json").read_text())

@@ -53,12 +53,6 @@ def step_rng(seed: int, step: int, rank: int, stream: int = 0) -> np.random.Gene
     return np.random.default_rng([seed, step, rank, stream])
 
 
-def parse_slice_item(item: str) -> tuple[str, int]:
-    """``"case:z"`` -> (case, z)."""
-    case, z = item.rsplit(":", 1)
-    return case, int(z)
-
-
 class SliceSource:
     """Axial slices of cached cases.
 

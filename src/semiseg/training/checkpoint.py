@@ -14,7 +14,6 @@ moment (even SIGKILL) therefore leaves ``latest.json`` pointing at a complete ch
 
 from __future__ import annotations
 
-import json
 import shutil
 from os import PathLike
 from pathlib import Path
@@ -25,8 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from semiseg.atomic import atomic_dir, write_json
 from semiseg.errors import SemisegInputError
+from semiseg.files import atomic_dir, read_json, write_json
 
 LATEST = "latest.json"
 WEIGHTS = "weights.safetensors"
@@ -111,13 +110,27 @@ def latest_checkpoint(run_dir: str | PathLike) -> Path | None:
     pointer = run_dir / LATEST
     if not pointer.exists():
         return None
-    try:
-        folder = run_dir / json.loads(pointer.read_text())["checkpoint"]
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise SemisegInputError(pointer, f"is corrupt ({exc})") from None
+    latest = read_json(pointer, "checkpoint pointer")
+    if not isinstance(latest.get("checkpoint"), str):
+        raise SemisegInputError(pointer, "checkpoint pointer has no 'checkpoint' entry")
+    folder = run_dir / latest["checkpoint"]
     if not (folder / META).exists():
         raise SemisegInputError(folder, "checkpoint folder is incomplete or missing")
     return folder
+
+
+def latest_step(run_dir: str | PathLike) -> int | None:
+    """The training step of a run's latest checkpoint, or None if it has none yet."""
+    folder = latest_checkpoint(run_dir)
+    return None if folder is None else checkpoint_step(folder)
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step a checkpoint folder was written at (from its ``checkpoint.json``)."""
+    step = read_checkpoint_meta(folder).get("step")
+    if not isinstance(step, int) or step < 0:
+        raise SemisegInputError(folder / META, f"has no valid 'step' (got {step!r})")
+    return step
 
 
 def _load(path: Path) -> dict[str, torch.Tensor]:
@@ -128,10 +141,7 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
 
 
 def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
-    try:
-        return json.loads((folder / META).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SemisegInputError(folder / META, f"cannot be read ({exc})") from None
+    return read_json(folder / META, "checkpoint metadata")
 
 
 def load_model_state(folder: Path) -> dict[str, torch.Tensor]:
@@ -184,4 +194,4 @@ def load_training_state(
         cuda = [state[k] for k in sorted(k for k in state if k.startswith("rng.cuda."))]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
-    return int(meta["step"])
+    return checkpoint_step(folder)

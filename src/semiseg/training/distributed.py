@@ -59,15 +59,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def broadcast_object(info: DistInfo, obj: object) -> object:
-    """Send a picklable object from rank 0 to every rank (e.g. the resolved run plan)."""
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def all_reduce_mean(info: DistInfo, values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average scalar logs over ranks so rank 0 reports the whole job's numbers."""
     if not info.distributed or not values:
@@ -77,7 +68,3 @@ def all_reduce_mean(info: DistInfo, values: dict[str, float], device: torch.devi
     dist.all_reduce(t)
     return {k: float(v) / info.world for k, v in zip(keys, t.tolist())}
 
-
-def shutdown(info: DistInfo) -> None:
-    if info.distributed and dist.is_initialized():
-        dist.destroy_process_group()

@@ -8,7 +8,7 @@ import math
 from os import PathLike
 from pathlib import Path
 
-from semiseg.atomic import atomic_path, write_text
+from semiseg.files import atomic_path, write_text
 
 
 class CsvLog:

@@ -18,9 +18,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from semiseg.errors import SemisegInputError
-from semiseg.methods.base import Method, TrainContext
 from semiseg.progress import progress_bar
 from semiseg.training.checkpoint import fit_state_dict, latest_checkpoint, load_model_state, load_training_state, save_checkpoint
+from semiseg.training.context import Trainable, TrainContext
 from semiseg.training.distributed import all_reduce_mean, barrier
 from semiseg.training.log import CsvLog, plot_loss_curve
 
@@ -79,7 +79,7 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return out
 
 
-def fit(method: Method, ctx: TrainContext, resume: bool = False) -> int:
+def fit(method: Trainable, ctx: TrainContext, resume: bool = False) -> int:
     """Train ``method`` for ``ctx.total_steps`` steps in ``ctx.run_dir``; returns the last step.
 
     With ``resume``, weights, optimiser, schedule and step come from the run's latest checkpoint.

@@ -1,14 +1,91 @@
-"""Which data a training run uses: its labelled items (slices ``"case:z"`` in 2D, case ids in 3D)
-and its unlabelled cases, chosen from the cache's training patients only."""
+"""Which data a training run uses: its labelled items and its unlabelled cases, chosen from the
+cache's training patients only.
+
+Labelled items are slices in 2D, written ``"case:z"`` (z a cached slice number), and case ids in
+3D. :class:`DataPlan` is the one place that format is parsed and written; methods ask the plan for
+their slices or cases instead of selecting data themselves.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from semiseg.errors import SemisegInputError
 from semiseg.preprocess.cache import Cache
 from semiseg.preprocess.splits import choose_subset, slice_pool
-from semiseg.training.batches import parse_slice_item
+
+SliceItem = tuple[str, int]
+
+
+def format_slice(case_id: str, z: int) -> str:
+    """(case, z) -> ``"case:z"``."""
+    return f"{case_id}:{z}"
+
+
+def parse_slice(item: str) -> SliceItem:
+    """``"case:z"`` -> (case, z); a malformed item is a one-line error."""
+    case, sep, z = str(item).rpartition(":")
+    if not sep or not case:
+        raise SemisegInputError(None, f"labelled item {item!r}: expected case:slice, e.g. BraTS2021_00000:60")
+    try:
+        return case, int(z)
+    except ValueError:
+        raise SemisegInputError(None, f"labelled item {item!r}: the slice {z!r} is not an integer") from None
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """A run's data: ``labelled`` items (``"case:z"`` in 2D, case ids in 3D), the cases it may use
+    unlabelled, and the test cases it never trains on with labels."""
+
+    dims: int
+    labelled: tuple[str, ...]
+    unlabelled_cases: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def labelled_slices(self) -> list[SliceItem]:
+        """The labelled slices as (case, z) (2D plans)."""
+        if self.dims != 2:
+            raise ValueError("a 3D plan has labelled cases, not slices")
+        return [parse_slice(i) for i in self.labelled]
+
+    def labelled_cases(self) -> list[str]:
+        """The labelled cases (3D), or the cases the labelled slices come from (2D)."""
+        if self.dims == 3:
+            return list(self.labelled)
+        return sorted({c for c, _ in self.labelled_slices()})
+
+    def labelled_items(self) -> list[SliceItem] | list[str]:
+        """Labelled slices (2D) or cases (3D)."""
+        return self.labelled_slices() if self.dims == 2 else self.labelled_cases()
+
+    def unlabelled_items(self, cache: Cache) -> list[SliceItem] | list[str]:
+        """What the run may use without labels: every slice of its unlabelled cases except the
+        labelled slices (2D), or its unlabelled cases (3D)."""
+        if self.dims == 3:
+            return list(self.unlabelled_cases)
+        taken = set(self.labelled_slices())
+        return [(c, z) for c in self.unlabelled_cases for z in range(cache.cases[c].n_slices) if (c, z) not in taken]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dims": self.dims, "labelled": list(self.labelled), "unlabelled_cases": list(self.unlabelled_cases), "test": list(self.test)}
+
+    @classmethod
+    def from_json(cls, obj: Any, source: str | None = None) -> "DataPlan":
+        """Read a plan from ``config.json``; anything malformed is a one-line error naming ``source``."""
+        keys = ("dims", "labelled", "unlabelled_cases", "test")
+        if not isinstance(obj, dict) or any(k not in obj for k in keys):
+            raise SemisegInputError(source, f"'plan' must be an object with the keys {', '.join(keys)}")
+        if obj["dims"] not in (2, 3):
+            raise SemisegInputError(source, f"plan.dims must be 2 or 3, got {obj['dims']!r}")
+        for k in keys[1:]:
+            if not isinstance(obj[k], list) or not all(isinstance(v, str) for v in obj[k]):
+                raise SemisegInputError(source, f"plan.{k} must be a list of strings")
+        plan = cls(int(obj["dims"]), tuple(obj["labelled"]), tuple(obj["unlabelled_cases"]), tuple(obj["test"]))
+        if plan.dims == 2:
+            plan.labelled_slices()  # every item parses
+        return plan
 
 
 def labelled_pool(cache: Cache, dims: int) -> list[str]:
@@ -17,13 +94,13 @@ def labelled_pool(cache: Cache, dims: int) -> list[str]:
     train = cache.ids("train")
     if dims == 3:
         return train
-    return [f"{cid}:{z}" for cid in train for z in slice_pool(cache.cases[cid].n_slices)]
+    return [format_slice(cid, z) for cid in train for z in slice_pool(cache.cases[cid].n_slices)]
 
 
 def _check_items(cache: Cache, items: list[str], dims: int) -> list[str]:
     out = []
     for item in items:
-        case_id, z = parse_slice_item(item) if dims == 2 else (item, None)
+        case_id, z = parse_slice(item) if dims == 2 else (item, None)
         if case_id not in cache.cases:
             raise SemisegInputError(cache.root, f"labelled item {item!r}: no case {case_id!r} in the cache")
         entry = cache.cases[case_id]
@@ -33,43 +110,38 @@ def _check_items(cache: Cache, items: list[str], dims: int) -> list[str]:
             raise SemisegInputError(cache.root, f"labelled item {item!r}: case {case_id!r} is in the test split")
         if z is not None and not 0 <= z < entry.n_slices:
             raise SemisegInputError(cache.root, f"labelled item {item!r}: slice {z} outside 0..{entry.n_slices - 1}")
-        out.append(item if dims == 2 else case_id)
+        out.append(format_slice(case_id, z) if z is not None else case_id)
     return out
 
 
 def make_plan(
     cache: Cache,
     dims: int,
-    labeled: int | None = None,
+    n_labelled: int | None = None,
     seed: int = 0,
-    labeled_items: list[str] | None = None,
+    labelled_items: list[str] | None = None,
     all_cases: bool = False,
-) -> dict[str, Any]:
+) -> DataPlan:
     """Choose a run's data.
 
     Args:
         cache: the prepared data.
         dims: 2 (slices) or 3 (patches).
-        labeled: number of labelled items drawn from :func:`labelled_pool` with ``seed``.
-        labeled_items: explicit items instead (``"case:z"`` cached slice numbers in 2D, case ids in 3D).
+        n_labelled: number of labelled items drawn from :func:`labelled_pool` with ``seed``.
+        labelled_items: explicit items instead (``"case:z"`` cached slice numbers in 2D, case ids in 3D).
         all_cases: DDPM pretraining: every case is "unlabelled" data, test patients included.
-
-    Returns:
-        ``{"dims", "labelled", "unlabelled_cases", "test"}``.
     """
-    test = cache.ids("test")
+    test = tuple(cache.ids("test"))
     if all_cases:
-        return {"dims": dims, "labelled": [], "unlabelled_cases": cache.ids(), "test": test}
-    if labeled_items:
-        labelled = _check_items(cache, labeled_items, dims)
+        return DataPlan(dims, (), tuple(cache.ids()), test)
+    if labelled_items:
+        labelled = _check_items(cache, labelled_items, dims)
     else:
-        if labeled is None:
-            raise SemisegInputError(None, "give the number of labelled items (--labeled N) or an explicit list")
+        if n_labelled is None:
+            raise SemisegInputError(None, "give the number of labelled items (--labelled N) or an explicit list")
         pool = labelled_pool(cache, dims)
-        labelled = choose_subset(pool, labeled, seed, "labelled slices" if dims == 2 else "labelled cases")
-    train_and_unlabelled = cache.ids("train") + cache.ids("unlabelled")
-    if dims == 3:
-        unlabelled = [c for c in train_and_unlabelled if c not in set(labelled)]
-    else:
-        unlabelled = train_and_unlabelled
-    return {"dims": dims, "labelled": labelled, "unlabelled_cases": unlabelled, "test": test}
+        labelled = choose_subset(pool, n_labelled, seed, "labelled slices" if dims == 2 else "labelled cases")
+    candidates = cache.ids("train") + cache.ids("unlabelled")
+    # in 3D a labelled case is wholly labelled; in 2D only its labelled slices are
+    unlabelled = [c for c in candidates if c not in set(labelled)] if dims == 3 else candidates
+    return DataPlan(dims, tuple(labelled), tuple(unlabelled), test)

@@ -1,12 +1,16 @@
-"""Atomic file writes: write to a temporary sibling, then rename over the target.
+"""The one owner of semiseg's file conventions.
 
-A reader (or a process killed with SIGKILL mid-write) therefore only ever sees the old file or
-the complete new one, never a half-written one.
+Writes are atomic: write to a temporary sibling, then rename over the target, so a reader (or a
+process killed with SIGKILL mid-write) only ever sees the old file or the complete new one. Reads
+of JSON and CSV files turn every way they can fail into one :class:`SemisegInputError` naming the
+file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
@@ -14,6 +18,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from semiseg.errors import SemisegInputError
 
 
 @contextlib.contextmanager
@@ -85,3 +91,47 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]], fields: list[str]) -> None:
+    """Write ``rows`` (dicts; keys outside ``fields`` ignored) as CSV to ``path`` atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Rows of a CSV file as dicts of strings; a missing or unreadable file is a one-line error."""
+    try:
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SemisegInputError(path, f"cannot be read as CSV ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", kind: type = dict) -> Any:
+    """Parse a JSON file that must hold a ``kind`` (dict by default).
+
+    Missing, unreadable, malformed or wrongly shaped files raise one SemisegInputError that names
+    the file and says which of these it is; ``what`` names the file's role in that message.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SemisegInputError(path, f"{what} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SemisegInputError(path, f"{what} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SemisegInputError(path, f"{what} is not valid JSON ({exc})") from None
+    if not isinstance(data, kind):
+        raise SemisegInputError(path, f"{what} must hold a JSON {_json_kind(kind)} (found: {_json_kind(type(data))})")
+    return data
+
+
+def _json_kind(kind: type) -> str:
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}.get(kind, "null")

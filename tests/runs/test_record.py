@@ -1,0 +1,43 @@
+"""The run record (config.json): typed, round-trips, and a damaged one is a one-line error."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import data_info
+from semiseg.errors import SemisegInputError
+from semiseg.runs.record import CONFIG, RunRecord, read_run_record
+from semiseg.training.plan import DataPlan
+
+
+def record() -> RunRecord:
+    plan = DataPlan(2, ("a:3",), ("a", "b"), ("c",))
+    return RunRecord("supervised", "small", 1, "/cache", data_info(), plan, {"train": {"steps": 4}}, "0.1.0")
+
+
+def test_record_round_trips(tmp_path: Path):
+    rec = record()
+    rec.write(tmp_path)
+    back = read_run_record(tmp_path)
+    assert back == rec and back.total_steps == 4 and back.ddpm_run is None
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda o: o.pop("plan"), "lacks 'plan'"),
+    (lambda o: o.update(seed="one"), "'seed' must be a int"),
+    (lambda o: o["config"].pop("train"), "train.steps"),
+    (lambda o: o["data"].pop("scheme"), "'data' is malformed"),
+])
+def test_damaged_record_is_one_line_error(tmp_path: Path, edit, message):
+    obj = record().to_json()
+    edit(obj)
+    (tmp_path / CONFIG).write_text(json.dumps(obj))
+    with pytest.raises(SemisegInputError, match=message):
+        read_run_record(tmp_path)
+
+
+def test_record_that_is_not_an_object(tmp_path: Path):
+    (tmp_path / CONFIG).write_text("[1, 2]")
+    with pytest.raises(SemisegInputError, match=r"must hold a JSON object \(found: array\)"):
+        read_run_record(tmp_path)

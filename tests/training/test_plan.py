@@ -1,0 +1,44 @@
+"""The data plan: the one place "case:z" items are parsed, and what a run may use unlabelled."""
+
+from pathlib import Path
+
+import pytest
+
+from semiseg.errors import SemisegInputError
+from semiseg.preprocess.cache import Cache
+from semiseg.training.plan import DataPlan, format_slice, make_plan, parse_slice
+
+
+def test_slice_items_round_trip_and_bad_items_are_one_line_errors():
+    assert parse_slice(format_slice("BraTS2021_00001", 60)) == ("BraTS2021_00001", 60)
+    assert parse_slice("a:b:7") == ("a:b", 7)  # case ids may contain colons
+    for bad in ("case", ":3", "case:x"):
+        with pytest.raises(SemisegInputError, match="labelled item"):
+            parse_slice(bad)
+
+
+def test_2d_plan_unlabelled_slices_leave_out_labelled_ones(tiny_cache: Path):
+    cache = Cache(tiny_cache)
+    plan = make_plan(cache, 2, n_labelled=3, seed=0)
+    labelled = plan.labelled_slices()
+    unlabelled = plan.unlabelled_items(cache)
+    assert len(labelled) == 3 and not set(labelled) & set(unlabelled)
+    assert {c for c, _ in unlabelled} == set(cache.ids("train")) | set(cache.ids("unlabelled"))
+    assert not set(plan.test) & {c for c, _ in unlabelled}
+    assert DataPlan.from_json(plan.to_json()) == plan
+
+
+def test_3d_plan_and_ddpm_plan(tiny_cache: Path):
+    cache = Cache(tiny_cache)
+    plan = make_plan(cache, 3, n_labelled=2, seed=1)
+    assert plan.labelled_cases() == list(plan.labelled) and not set(plan.labelled) & set(plan.unlabelled_cases)
+    ddpm = make_plan(cache, 2, all_cases=True)
+    assert set(ddpm.unlabelled_cases) == set(cache.ids()) and ddpm.labelled == ()
+
+
+@pytest.mark.parametrize("bad", [[], {"dims": 4, "labelled": [], "unlabelled_cases": [], "test": []},
+                                 {"dims": 2, "labelled": [3], "unlabelled_cases": [], "test": []},
+                                 {"dims": 2, "labelled": ["nocolon"], "unlabelled_cases": [], "test": []}])
+def test_damaged_plans_are_refused(bad):
+    with pytest.raises(SemisegInputError):
+        DataPlan.from_json(bad, "config.json")
