@@ -88,4 +88,5 @@ def test_sweep_on_real_data_two_modalities(ms_cache: Cache, tmp_path: Path) -> N
         rows = list(csv.DictReader(fh))
     # the binary lesion mask is BraTS label 1: WT and TC hold it, ET is empty
     assert {r["region"] for r in rows} == {"WT", "TC", "ET"}
-    assert len({(r["case"], r["slice"]) for r in rows}) == 5
+    assert len({(r["case"], r["slice"]) for r in rows if r["protocol"] == "central_slices"}) == 5
+    assert {r["protocol"] for r in rows} == {"central_slices", "all_slices", "all_slices+lcc", "volume", "volume+lcc"}

@@ -251,6 +251,8 @@ def sweep(
     summary = read_summary(spec.out)
     console.print(summary_table(summary, "dice"))
     console.print(summary_table(summary, "hd95"))
+    if any(r.get("protocol") == "volume" for r in summary) and spec.dims == 2 and spec.test_slices_per_case:
+        console.print(summary_table(summary, "dice", "volume"))
     typer.echo(f"report: {report}")
 
 

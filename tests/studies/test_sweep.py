@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -63,13 +64,19 @@ def test_outputs_agree(finished: Path):
     results, summary = read(finished / "results.csv"), read(finished / "summary.csv")
     assert {r["method"] for r in results} == {"supervised", "mean-teacher", "ddpm-finetune"}
     assert {(r["budget"], r["seed"]) for r in results} == {("2", "0"), ("2", "1"), ("4", "0"), ("4", "1")}
-    # two test patients x 4 slices, 3 regions, 3 metrics per run
-    assert len(results) == 3 * 4 * (2 * 4) * 3 * 3
+    # per run: two test patients x 4 central slices x 3 regions x 3 metrics, and per patient x region
+    # 3 metrics for each whole-volume protocol, raw and post-processed
+    count = Counter(r["protocol"] for r in results)
+    assert count["central_slices"] == 3 * 4 * (2 * 4) * 3 * 3
+    for protocol in ("all_slices", "all_slices+lcc", "volume", "volume+lcc"):
+        assert count[protocol] == 3 * 4 * 2 * 3 * 3, protocol
+    assert {r["metric"] for r in results if r["protocol"] == "all_slices"} == {"dice", "iou", "fp_slices"}
+    fields = ("method", "budget", "protocol", "region", "metric")
     for s in summary:
         per_seed = []
         for seed in ("0", "1"):
-            key = (s["method"], s["budget"], s["region"], s["metric"], seed)
-            vals = [float(r["value"]) for r in results if (r["method"], r["budget"], r["region"], r["metric"], r["seed"]) == key]
+            key = tuple(s[f] for f in fields) + (seed,)
+            vals = [float(r["value"]) for r in results if tuple(r[f] for f in fields) + (r["seed"],) == key]
             vals = [v for v in vals if not np.isnan(v)]
             if vals:
                 per_seed.append(np.mean(vals))

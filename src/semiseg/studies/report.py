@@ -62,6 +62,32 @@ def _table(summary: list[dict], metric: str, better: str) -> str:
     return f"<table><tr><th>labels</th><th>method</th>{head}</tr>{''.join(body)}</table>"
 
 
+WHOLE_VOLUME = [
+    ("all_slices", "dice", "high", "Dice per slice over every slice of each test patient (mean per patient)"),
+    ("all_slices", "fp_slices", "low", "Share of region-free slices with a false-positive prediction"),
+    ("volume", "dice", "high", "Volumetric Dice per test patient"),
+    ("volume", "hd95", "low", "Volumetric HD95 in mm per test patient"),
+]
+
+
+def _whole_volume_sections(summary: list[dict], primary: str) -> list[str]:
+    """Tables of the whole-volume protocols, raw and post-processed (``+lcc``), where present."""
+    found = {r["protocol"] for r in summary}
+    parts = []
+    for base, metric, better, title in WHOLE_VOLUME:
+        for protocol in (base, base + "+lcc"):
+            rows = [r for r in summary if r["protocol"] == protocol]
+            if protocol == primary or not any(r["metric"] == metric for r in rows):
+                continue
+            suffix = ", after keeping the largest connected component" if protocol.endswith("+lcc") else ""
+            parts.append(f"<h3>{html.escape(title + suffix)} ({'higher' if better == 'high' else 'lower'} is better)</h3>"
+                         f"{_table(rows, metric, better)}")
+    if parts:
+        lcc = ", raw and with the largest connected component kept (for every method alike)" if any(p.endswith("+lcc") for p in found) else ""
+        parts.insert(0, f"<h2>Whole volumes</h2><p class='note'>Users segment whole scans: every test patient's volume, tumour-free slices included{lcc}.</p>")
+    return parts
+
+
 def _overlays(study: Any, cache: Cache, keep: list[tuple[str, int]], budget: int, out: Path) -> Path | None:
     """Overlay figure for ``budget`` (first seed): image, ground truth, each method."""
     if not keep:
@@ -97,7 +123,12 @@ def _overlays(study: Any, cache: Cache, keep: list[tuple[str, int]], budget: int
 def write_report(study: Any, cache: Cache, summary: list[dict], keep: list[tuple[str, int]], ddpm_run: Path | None) -> Path:
     """Write label_efficiency.png, overlays_n*.png, ddpm_samples.png and report.html into the
     study folder; returns the report's path."""
+    from semiseg.studies.holdout import primary_protocol
+    from semiseg.studies.sweep import for_protocol
+
     out = Path(study.out)
+    primary = primary_protocol(study.dims, study.test_slices_per_case)
+    everything, summary = summary, for_protocol(summary, primary)
     regions = _regions(summary)
     unit = "labelled slices" if study.dims == 2 else "labelled cases"
     curve = figures.label_efficiency_plot(summary, regions, ["dice", "hd95"], out / "label_efficiency.png", unit)
@@ -117,7 +148,8 @@ def write_report(study: Any, cache: Cache, summary: list[dict], keep: list[tuple
         ("format, label scheme", f"{cache.index['format']}, {cache.scheme.name} (regions {', '.join(regions)})"),
         ("channels", ", ".join(cache.modalities)),
         ("patients", f"{len(cache.ids('train'))} train, {len(cache.ids('test'))} test (held out by patient), {len(cache.ids('unlabelled'))} unlabelled"),
-        ("evaluated", f"{n_test_items} of each test patient" if study.dims == 2 else "each test patient's volume"),
+        ("evaluated", (f"{n_test_items} of each test patient" if primary == "central_slices" else "each test patient's volume")
+         + (", and every test patient's whole volume (below)" if any(r["protocol"] != primary for r in everything) else "")),
         ("slice size" if study.dims == 2 else "dimensions", f"{cache.slice_size} px" if study.dims == 2 else "3D patches"),
         ("methods", ", ".join(study.methods)),
         (unit, ", ".join(str(b) for b in budgets)),
@@ -144,6 +176,7 @@ def write_report(study: Any, cache: Cache, summary: list[dict], keep: list[tuple
         "<p class='note'>HD95 of a region missed entirely, or predicted where there is none, is the image diagonal (worst case).</p>",
         f"<h2>Label efficiency</h2>{_img(curve, 'Dice and HD95 against the number of labels')}",
     ]
+    parts += _whole_volume_sections(everything, primary)
     for b, f in overlay_files:
         parts.append(f"<h2>Typical test slices, {b} {unit}</h2>"
                      "<p class='note'>red: necrotic core, green: oedema, yellow: enhancing tumour (class colours for other schemes).</p>"

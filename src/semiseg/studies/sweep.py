@@ -34,8 +34,9 @@ from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache
 from semiseg.progress import log
 
-RESULT_FIELDS = ["method", "budget", "seed", "case", "slice", "region", "metric", "value"]
-SUMMARY_FIELDS = ["method", "budget", "region", "metric", "mean", "std", "n_seeds", "n_values"]
+RESULT_FIELDS = ["method", "budget", "seed", "case", "slice", "protocol", "region", "metric", "value"]
+SUMMARY_FIELDS = ["method", "budget", "protocol", "region", "metric", "mean", "std", "n_seeds", "n_values"]
+TEST_FIELDS = ["case", "slice", "protocol", "region", "metric", "value"]
 TEST_METRICS = "test_metrics.csv"
 OVERLAY_PREDICTIONS = "test_overlays.npz"
 
@@ -59,6 +60,8 @@ class Study:
     ddpm: dict[str, Any] = field(default_factory=lambda: {"preset": "paper", "set": [], "run": None})
     settings: dict[str, list[str]] = field(default_factory=dict)
     test_slices_per_case: int | None = 7
+    whole_volume: bool = True
+    postprocess: str | None = "largest_component"
     overlays: int = 4
     device: str | None = None
 
@@ -174,28 +177,30 @@ def run_one(study: Study, cache: Cache, method: str, n_labelled: int, seed: int,
     )
     train_seconds = time.perf_counter() - t0
     model, _ = load_trained(run, pick_device(0, study.device))
-    rows, kept = evaluate_on_cache(model, cache, cache.ids("test"), study.test_slices_per_case, keep)
+    rows, kept = evaluate_on_cache(model, cache, cache.ids("test"), study.test_slices_per_case, keep, study.postprocess, study.whole_volume)
     np.savez_compressed(run / OVERLAY_PREDICTIONS, **{k.replace(":", "@"): v for k, v in kept.items()})
     write_json(run / "timing.json", {"train_seconds_this_session": train_seconds})
-    write_csv(run / TEST_METRICS, rows, ["case", "slice", "region", "metric", "value"])
+    write_csv(run / TEST_METRICS, rows, TEST_FIELDS)
     return run
 
 
 def summarise_results(results: list[dict]) -> list[dict]:
-    """Mean and standard deviation over seeds of the per-seed means (NaN slices left out)."""
+    """Mean and standard deviation over seeds of the per-seed means (NaN values left out), per
+    method, budget, protocol, region and metric."""
     per_seed: dict[tuple, list[float]] = {}
     for r in results:
         v = float(r["value"])
         if not math.isnan(v):
-            per_seed.setdefault((r["method"], int(r["budget"]), r["region"], r["metric"], int(r["seed"])), []).append(v)
+            key = (r["method"], int(r["budget"]), r.get("protocol") or "", r["region"], r["metric"], int(r["seed"]))
+            per_seed.setdefault(key, []).append(v)
     grouped: dict[tuple, list[tuple[float, int]]] = {}
-    for (m, b, reg, met, _seed), vals in per_seed.items():
-        grouped.setdefault((m, b, reg, met), []).append((float(np.mean(vals)), len(vals)))
+    for (m, b, proto, reg, met, _seed), vals in per_seed.items():
+        grouped.setdefault((m, b, proto, reg, met), []).append((float(np.mean(vals)), len(vals)))
     rows = []
-    for (m, b, reg, met), items in sorted(grouped.items()):
+    for (m, b, proto, reg, met), items in sorted(grouped.items()):
         means = np.array([x for x, _ in items])
         rows.append({
-            "method": m, "budget": b, "region": reg, "metric": met,
+            "method": m, "budget": b, "protocol": proto, "region": reg, "metric": met,
             "mean": float(means.mean()), "std": float(means.std(ddof=1)) if len(means) > 1 else 0.0,
             "n_seeds": len(means), "n_values": int(sum(n for _, n in items)),
         })
@@ -233,12 +238,22 @@ def run_sweep(study: Study) -> Path:
     return write_report(study, cache, summary, keep, ddpm_run)
 
 
-def summary_table(summary: list[dict], metric: str = "dice"):
-    """A rich table: methods x budgets, one column group per region, mean +- std of ``metric``."""
+def for_protocol(summary: list[dict], protocol: str) -> list[dict]:
+    """The summary rows of one evaluation protocol (see :mod:`semiseg.studies.holdout`)."""
+    return [r for r in summary if r.get("protocol") == protocol]
+
+
+def summary_table(summary: list[dict], metric: str = "dice", protocol: str | None = None):
+    """A rich table: methods x budgets, one column group per region, mean +- std of ``metric``
+    under ``protocol`` (default: the first of central_slices, volume found)."""
     from rich.table import Table
 
+    if protocol is None:
+        found = {r.get("protocol") for r in summary}
+        protocol = next((p for p in ("central_slices", "volume") if p in found), None)
+    summary = for_protocol(summary, protocol) if protocol else summary
     regions = sorted({r["region"] for r in summary}, key=lambda x: ["WT", "TC", "ET"].index(x) if x in ("WT", "TC", "ET") else 9)
-    table = Table(title=f"{metric} (mean ± sd over seeds)")
+    table = Table(title=f"{metric}, {protocol or 'all protocols'} (mean ± sd over seeds)")
     table.add_column("method")
     table.add_column("labels", justify="right")
     for reg in regions:
