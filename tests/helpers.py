@@ -97,3 +97,34 @@ def data_info(modalities: tuple[str, ...] = ("t1",), scheme=None, slice_size: in
     from semiseg.preprocess.normalise import Normaliser
 
     return DataInfo(tuple(modalities), {m: "MRI" for m in modalities}, scheme or BINARY, Normaliser(["MRI"] * len(modalities)), slice_size, "nnunet")
+
+
+def small_study(folder: Path, data: Path, out: str, methods: tuple[str, ...] = ("supervised", "ddpm-finetune"),
+                seeds: tuple[int, ...] = (0, 1), settings: dict | None = None) -> Path:
+    """Write ``folder/<out>.yaml``: a study of ``data`` (prepared into its own cache, a DDPM pretrained
+    for it) cheap enough for several sweeps per test session; supervised runs are long enough (30
+    steps, a checkpoint every 5) to be interrupted midway. Returns the YAML's path."""
+    import yaml
+
+    spec = {
+        "out": out, "data": str(data), "slice_size": 32, "test_fraction": 0.25, "methods": list(methods), "budgets": [2],
+        "seeds": list(seeds), "preset": "small", "ddpm": {"preset": "small", "set": TINY_DDPM},
+        "settings": settings or {
+            "all": ["train.steps=6", "train.batch_size=2", "train.log_every=3", "train.checkpoint_every=3"],
+            "supervised": ["network.features=[8,8,16,16,16,8]", "train.steps=30", "train.log_every=5", "train.checkpoint_every=5"],
+        },
+        "test_slices_per_case": 4, "overlays": 2,
+    }
+    path = folder / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def worker_placement(barrier) -> tuple[str | None, int]:
+    """In a pool worker, once every worker has reached ``barrier``: its CUDA_VISIBLE_DEVICES and torch threads."""
+    import os
+
+    import torch
+
+    barrier.wait(timeout=120)
+    return os.environ.get("CUDA_VISIBLE_DEVICES"), torch.get_num_threads()

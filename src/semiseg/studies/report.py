@@ -120,9 +120,20 @@ def _overlays(study: Any, cache: Cache, keep: list[tuple[str, int]], budget: int
     return figures.overlay_grid(rows, columns, out)
 
 
-def write_report(study: Any, cache: Cache, summary: list[dict], keep: list[tuple[str, int]], ddpm_run: Path | None) -> Path:
+def _missing_section(missing: list[tuple[str, str]]) -> str:
+    """The runs left out of the tables (a failure's error, or that the run has not finished)."""
+    if not missing:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(run)}</td><td>{html.escape(why)}</td></tr>" for run, why in missing)
+    return (f"<h2>Runs not in these results ({len(missing)})</h2><p class='note'>The tables below leave these runs out; "
+            f"<code>semiseg sweep STUDY --list</code> shows every run's state.</p><table><tr><th>run</th><th>why</th></tr>{rows}</table>")
+
+
+def write_report(study: Any, cache: Cache, summary: list[dict], keep: list[tuple[str, int]], ddpm_run: Path | None,
+                 missing: list[tuple[str, str]] | None = None) -> Path:
     """Write label_efficiency.png, overlays_n*.png, ddpm_samples.png and report.html into the
-    study folder; returns the report's path."""
+    study folder; ``missing`` lists (run, why) of runs not in the results (failed or unfinished),
+    which the report names. Returns the report's path."""
     from semiseg.studies.holdout import primary_protocol
     from semiseg.studies.sweep import for_protocol
 
@@ -171,6 +182,7 @@ def write_report(study: Any, cache: Cache, summary: list[dict], keep: list[tuple
         "Scores per test slice (2D) or case (3D), averaged per seed; ± is the standard deviation over seeds. "
         "Regions where prediction and ground truth are both empty are left out of the means.</p>",
         f"<h2>Set-up</h2><table>{setup_html}</table>",
+        _missing_section(missing or []),
         f"<h2>Dice (higher is better)</h2>{_table(summary, 'dice', 'high')}",
         f"<h2>HD95 in mm (lower is better)</h2>{_table(summary, 'hd95', 'low')}",
         "<p class='note'>HD95 of a region missed entirely, or predicted where there is none, is the image diagonal (worst case).</p>",

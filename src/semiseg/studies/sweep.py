@@ -10,17 +10,21 @@ Layout of a study folder::
     OUT/results.csv           one row per test slice (or case) x region x metric x method x budget x seed
     OUT/summary.csv           mean and standard deviation over seeds per method x budget x region x metric
     OUT/label_efficiency.png, OUT/overlays.png, OUT/report.html
+    OUT/locks/, OUT/failures/, OUT/sweep.log   who runs what, what failed (:mod:`semiseg.studies.execution`)
+    OUT/slurm/                submitit's jobs, when the study runs on Slurm (:mod:`semiseg.studies.slurm`)
 
 A run counts as finished once its ``test_metrics.csv`` exists (written atomically after training
 and testing); an interrupted run is resumed from its last checkpoint, which continues exactly, so
-a restarted sweep redoes nothing and ends with the results an uninterrupted one would have.
+a restarted sweep redoes nothing and ends with the results an uninterrupted one would have. How the
+runs are executed (here, in a worker pool, by several processes at once, on Slurm) is
+:mod:`semiseg.studies.execution`'s and :mod:`semiseg.studies.slurm`'s.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -160,6 +164,36 @@ def run_path(out: str | PathLike, method: str, n_labelled: int, seed: int) -> Pa
     return Path(out) / "runs" / method / f"n{n_labelled}-s{seed}"
 
 
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """One run of a study: a method at a label budget with a seed."""
+
+    method: str
+    budget: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """A file-name-safe identifier, e.g. ``supervised-n10-s0`` (lock and failure files)."""
+        return f"{self.method}-n{self.budget}-s{self.seed}"
+
+    def folder(self, out: str | PathLike) -> Path:
+        return run_path(out, self.method, self.budget, self.seed)
+
+    def __str__(self) -> str:
+        return f"{self.method} n={self.budget} seed={self.seed}"
+
+
+def study_runs(study: Study) -> list[RunKey]:
+    """Every run of a study in job order (budget, seed, method), the order of results.csv."""
+    return [RunKey(m, b, s) for b in study.budgets for s in study.seeds for m in study.methods]
+
+
+def is_done(out: str | PathLike, run: RunKey) -> bool:
+    """A run is finished once its test metrics are written (atomically, after training and testing)."""
+    return (run.folder(out) / TEST_METRICS).exists()
+
+
 def run_one(study: Study, cache: Cache, method: str, n_labelled: int, seed: int, ddpm_run: Path | None, keep: list[tuple[str, int]]) -> Path:
     """Train (or resume) one run of the sweep and score it on the test split, unless finished."""
     from semiseg.runs import ensure_trained, load_trained
@@ -207,35 +241,40 @@ def summarise_results(results: list[dict]) -> list[dict]:
     return rows
 
 
-def run_sweep(study: Study) -> Path:
-    """Run (or finish) a study; returns the path of its report."""
-    from semiseg.progress import progress_bar
+def run_sweep(study: Study, **options: Any) -> Path | None:
+    """Run (or finish) a study; returns the path of its report (None when runs of other shards or
+    processes are still unfinished). ``options`` are those of
+    :func:`semiseg.studies.execution.sweep_study` (workers, gpus, threads, keep_going, shard)."""
+    from semiseg.studies.execution import sweep_study
+
+    return sweep_study(study, **options).report
+
+
+def collect_results(study: Study) -> list[dict]:
+    """The test scores of every finished run, one row per score, in job order."""
+    out = Path(study.out)
+    results = []
+    for run in study_runs(study):
+        if is_done(out, run):
+            for r in read_csv(run.folder(out) / TEST_METRICS):
+                results.append({"method": run.method, "budget": run.budget, "seed": run.seed, **r})
+    return results
+
+
+def write_results(study: Study, cache: Cache, ddpm_run: Path | None, keep: list[tuple[str, int]],
+                  missing: list[tuple[str, str]] | None = None) -> Path:
+    """results.csv, summary.csv, figures and report.html from the finished runs; ``missing`` lists
+    (run, why) of runs not among them, which the report names. Returns the report's path."""
     from semiseg.studies.report import write_report
 
     out = Path(study.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "study.json", asdict(study))
-    cache = prepare_study_cache(study)
-    if len(cache.ids("test")) == 0:
-        raise SemisegInputError(cache.root, "has no test patients; prepare it with --test-fraction above 0")
-    needs_ddpm = any(get_method(m).needs_ddpm for m in study.methods)
-    ddpm_run = pretrain_study_ddpm(study, cache) if needs_ddpm else None
-    keep = overlay_slices(cache, cache.ids("test"), study.overlays, study.dims)
-    jobs = [(m, b, s) for b in study.budgets for s in study.seeds for m in study.methods]
-    with progress_bar() as bar:
-        task = bar.add_task("sweep", total=len(jobs), info="")
-        for i, (m, b, s) in enumerate(jobs):
-            bar.update(task, info=f"{m} n={b} seed={s}")
-            run_one(study, cache, m, b, s, ddpm_run, keep)
-            bar.update(task, completed=i + 1)
-    results = []
-    for m, b, s in jobs:
-        for r in read_csv(run_path(out, m, b, s) / TEST_METRICS):
-            results.append({"method": m, "budget": b, "seed": s, **r})
+    results = collect_results(study)
+    if not results:
+        raise SemisegInputError(out, "no run of the study has finished yet, so there is nothing to report")
     write_csv(out / "results.csv", results, RESULT_FIELDS)
     summary = summarise_results(results)
     write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
-    return write_report(study, cache, summary, keep, ddpm_run)
+    return write_report(study, cache, summary, keep, ddpm_run, missing or [])
 
 
 def for_protocol(summary: list[dict], protocol: str) -> list[dict]:

@@ -1,0 +1,141 @@
+"""Running a study safely: a local worker pool and two sweeps at once give the sequential sweep's
+results byte for byte and never train a run twice; --keep-going, --list, --shard and --report-only
+through the real CLI; the pool pins its workers."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from helpers import small_study, worker_placement
+
+pytestmark = pytest.mark.slow
+
+ENV = {**os.environ, "SEMISEG_PROGRESS": "0"}
+
+
+def sweep(study: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "semiseg", "sweep", str(study), *args], env=ENV, cwd=study.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=1800)
+    return proc.returncode, out, err
+
+
+def events(out: Path) -> list[tuple[str, str]]:
+    """(pid, message) of every line of OUT/sweep.log."""
+    rows = []
+    for line in (out / "sweep.log").read_text().splitlines():
+        m = re.match(r"\S+ \S+ pid=(\d+)(?: job=\S+)? (.*)$", line)
+        assert m, line
+        rows.append((m.group(1), m.group(2)))
+    return rows
+
+
+def started(out: Path) -> Counter:
+    """How often each run was started or resumed, over every process."""
+    return Counter(re.sub(r"^(start|resume from step \d+) (.*) \(.*$", r"\2", msg) for _, msg in events(out)
+                   if msg.startswith(("start ", "resume ")))
+
+
+def test_worker_pool_gives_the_sequential_results(sequential: Path, study_data: Path, tmp_path: Path):
+    code, _, err = finish(sweep(small_study(tmp_path, study_data, "pool"), "--workers", "2", "--threads", "1"))
+    assert code == 0, err[-3000:]
+    out = tmp_path / "pool"
+    assert (out / "results.csv").read_bytes() == (sequential / "results.csv").read_bytes()
+    log = events(out)
+    assert any(msg == "worker pool: 2 processes x 1 threads" for _, msg in log)
+    runners = {pid for pid, msg in log if msg.startswith("start ")}
+    parent = {pid for pid, msg in log if msg.startswith("set-up")}
+    assert len(runners) == 2 and not runners & parent, log  # two worker processes trained the runs
+    assert set(started(out).values()) == {1}
+
+
+def test_two_sweeps_at_once_never_train_the_same_run(sequential: Path, study_data: Path, tmp_path: Path):
+    study = small_study(tmp_path, study_data, "twice")
+    first, second = sweep(study, "--threads", "1"), sweep(study, "--threads", "1")
+    for proc in (first, second):
+        code, _, err = finish(proc)
+        assert code == 0, err[-3000:]
+    out = tmp_path / "twice"
+    log = [msg for _, msg in events(out)]
+    assert sum(m.startswith("set-up: prepare") for m in log) == 1 and sum(m.startswith("set-up: pretrain") for m in log) == 1
+    assert started(out) == Counter({"supervised n=2 seed=0": 1, "ddpm-finetune n=2 seed=0": 1,
+                                    "supervised n=2 seed=1": 1, "ddpm-finetune n=2 seed=1": 1})
+    for log_file in out.glob("runs/*/*/train_log.csv"):  # one training each: every logged step once, in order
+        steps = [int(line.split(",")[0]) for line in log_file.read_text().splitlines()[1:]]
+        assert steps == sorted(set(steps)), log_file
+    assert (out / "results.csv").read_bytes() == (sequential / "results.csv").read_bytes()
+
+
+def test_keep_going_list_shard_and_report_only(study_data: Path, tmp_path: Path):
+    from filelock import FileLock
+
+    # job order: supervised s0, mean-teacher s0, supervised s1, mean-teacher s1; mean-teacher raises (negative lr)
+    bad = {"all": ["train.steps=4", "train.batch_size=2", "train.log_every=2", "train.checkpoint_every=2", "network.features=[8,8,16,16,16,8]"],
+           "mean-teacher": ["train.lr=-1"]}
+    study = small_study(tmp_path, study_data, "kg", methods=("supervised", "mean-teacher"), settings=bad)
+    out = tmp_path / "kg"
+
+    code, stdout, err = finish(sweep(study, "--keep-going", "--shard", "2/2"))  # the two mean-teacher runs: both fail
+    assert code == 3, err[-3000:]
+    assert "failed: mean-teacher n=2 seed=0: ValueError: Invalid learning rate" in err and "2 runs are not finished" in stdout
+    record = json.loads((out / "failures" / "mean-teacher-n2-s0.json").read_text())
+    assert record["error"].startswith("ValueError: Invalid learning rate") and "Traceback" in record["traceback"]
+    assert not (out / "report.html").exists()  # the supervised runs are still to do
+
+    with FileLock(out / "locks" / "supervised-n2-s0.lock"):  # as if another process were training it
+        code, listing, err = finish(sweep(study, "--list"))
+    assert code == 0, err
+    rows = [line for line in listing.splitlines() if "supervised" in line or "mean-teacher" in line]
+    assert sum("running" in r for r in rows) == 1 and sum("to do" in r for r in rows) == 1
+    assert sum("failed" in r and "Invalid learning rate" in r for r in rows) == 2
+    assert "done: 0, running: 1, failed: 2, to do: 1" in listing
+
+    code, _, err = finish(sweep(study, "--report-only"))  # nothing finished yet: one line, exit 2
+    assert code == 2 and "no run of the study has finished yet" in err and "Traceback" not in err
+
+    code, stdout, err = finish(sweep(study, "--shard", "1/2"))  # the supervised runs; then the study is complete
+    assert code == 3, err[-3000:]  # it has failed runs
+    html = (out / "report.html").read_text()
+    assert "Runs not in these results (2)" in html and "Invalid learning rate" in html and "report:" in stdout
+    results = (out / "results.csv").read_text().splitlines()[1:]
+    assert results and {r.split(",")[0] for r in results} == {"supervised"}
+
+    (out / "report.html").unlink()
+    code, stdout, err = finish(sweep(study, "--report-only"))
+    assert code == 0 and (out / "report.html").exists(), err
+
+
+def test_pool_pins_each_worker_to_a_gpu_and_its_threads():
+    import multiprocessing
+
+    from semiseg.studies.execution import make_pool
+
+    with multiprocessing.get_context("spawn").Manager() as manager:
+        barrier = manager.Barrier(2)
+        with make_pool(2, ["3", "5"], threads=1) as pool:
+            placements = [f.result(timeout=300) for f in [pool.submit(worker_placement, barrier) for _ in range(2)]]
+    assert sorted(placements) == [("3", 1), ("5", 1)]
+
+
+def test_option_mistakes_are_one_line_errors(tmp_path: Path, study_data: Path):
+    study = small_study(tmp_path, study_data, "opts")
+    for args, fragment in [
+        (["--shard", "3/2"], "--shard '3/2': i must be between 1 and n"),
+        (["--partition", "gpu"], "--partition is a Slurm option: add --executor slurm"),
+        (["--executor", "slurm", "--workers", "2"], "--workers is for local sweeps"),
+        (["--executor", "pbs"], "--executor 'pbs': expected local or slurm"),
+        (["--workers", "0"], "--workers must be at least 1, got 0"),
+    ]:
+        result = subprocess.run([sys.executable, "-m", "semiseg", "sweep", str(study), *args], capture_output=True, text=True, env=ENV)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and fragment in lines[0], (args, result.stderr)
+    assert not (tmp_path / "opts").exists()
