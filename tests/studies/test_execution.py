@@ -114,6 +114,31 @@ def test_keep_going_list_shard_and_report_only(study_data: Path, tmp_path: Path)
     assert code == 0 and (out / "report.html").exists(), err
 
 
+def test_attempt_leaves_held_runs_and_this_sweeps_failures_alone(tmp_path: Path):
+    """Without training anything: a run another process holds is busy; a failure recorded since the
+    sweep began (by another process) is not retried; the states --list shows follow."""
+    import time
+
+    from filelock import FileLock
+
+    from semiseg.studies.execution import BUSY, FAILED, RUNNING, TODO, StudySetup, attempt, record_failure, run_state
+    from semiseg.studies.sweep import RunKey, load_study
+
+    study = load_study(None, out=str(tmp_path / "s"), cache=str(tmp_path / "cache"), methods=["supervised"], budgets=[2])
+    setup, run = StudySetup(tmp_path / "cache", None), RunKey("supervised", 2, 0)
+    (tmp_path / "s" / "locks").mkdir(parents=True)
+    assert run_state(study.out, run) == TODO
+    with FileLock(tmp_path / "s" / "locks" / f"{run.name}.lock"):
+        assert attempt(study, setup, run).status == BUSY and run_state(study.out, run) == RUNNING
+    since = time.time() - 1
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        record_failure(study.out, run, exc)
+    outcome = attempt(study, setup, run, since=since)
+    assert outcome.status == FAILED and outcome.failure.error == "ValueError: boom" and run_state(study.out, run) == FAILED
+
+
 def test_pool_pins_each_worker_to_a_gpu_and_its_threads():
     import multiprocessing
 
@@ -124,6 +149,28 @@ def test_pool_pins_each_worker_to_a_gpu_and_its_threads():
         with make_pool(2, ["3", "5"], threads=1) as pool:
             placements = [f.result(timeout=300) for f in [pool.submit(worker_placement, barrier) for _ in range(2)]]
     assert sorted(placements) == [("3", 1), ("5", 1)]
+
+
+def test_setup_under_torchrun_prepares_once_and_pretrains_with_every_rank(study_data: Path, tmp_path: Path):
+    """As a Slurm set-up job with several tasks runs it (one process per GPU; here two on the CPU)."""
+    import shutil
+
+    from semiseg.studies.execution import existing_setup
+    from semiseg.studies.sweep import load_study
+    from semiseg.training.log import read_log
+
+    study = small_study(tmp_path, study_data, "ddp")
+    script = tmp_path / "setup.py"
+    script.write_text("import sys\nfrom semiseg.studies.execution import setup_study\nfrom semiseg.studies.sweep import load_study\n"
+                      "setup_study(load_study(sys.argv[1]))\n")
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    result = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", str(script), str(study)], capture_output=True, text=True,
+                            env={**ENV, "OMP_NUM_THREADS": "1"}, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [msg for _, msg in events(tmp_path / "ddp")]
+    assert [m.split(" ")[1] for m in log] == ["prepare", "pretrain"], log
+    assert existing_setup(load_study(study)) is not None
+    assert [r["step"] for r in read_log(tmp_path / "ddp" / "ddpm" / "train_log.csv")] == [2, 4]
 
 
 def test_option_mistakes_are_one_line_errors(tmp_path: Path, study_data: Path):

@@ -64,16 +64,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(what: str, check, timeout: float = 120) -> None:
+def wait_for(what: str, check, timeout: float = 300, every: float = 0.5) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
             if check():
                 return
-        except subprocess.CalledProcessError:
+        except (subprocess.CalledProcessError, OSError):  # a daemon not ready yet
             pass
-        time.sleep(0.5)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def listening(port: int) -> bool:
+    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -153,9 +158,9 @@ StorageLoc=slurm_acct_db
         start("mariadbd", "--no-defaults", f"--datadir={root}/db", "--user=root", f"--port={db}", "--bind-address=127.0.0.1",
               f"--socket={root}/mysql.sock", f"--pid-file={root}/mysqld.pid", f"--log-error={root}/log/mysqld.log", "--skip-log-bin",
               "--innodb-buffer-pool-size=16M")
-        wait_for("MariaDB", lambda: socket.create_connection(("127.0.0.1", db), timeout=1).close() is None)
+        wait_for("MariaDB", lambda: listening(db))
         start("slurmdbd", "-D")
-        wait_for("slurmdbd", lambda: socket.create_connection(("127.0.0.1", dbd), timeout=1).close() is None)
+        wait_for("slurmdbd", lambda: cluster.run("sacctmgr", "-n", "list", "cluster") is not None)
         start("slurmctld", "-D")
         start("slurmd", "-D")
         wait_for("an idle node", lambda: "idle" in cluster.run("sinfo", "-h", "-o", "%T"))
@@ -189,7 +194,7 @@ def test_study_on_slurm_survives_preemption(slurm_cluster: Cluster, sequential: 
     # limit); submitit checkpoints the task and requeues it
     target = jobs["runs"]["supervised-n2-s0"]
     run = out / "runs" / "supervised" / "n2-s0"
-    wait_for("a checkpoint of the run", lambda: (run / "latest.json").exists() or (run / "test_metrics.csv").exists(), timeout=1800)
+    wait_for("a checkpoint of the run", lambda: (run / "latest.json").exists() or (run / "test_metrics.csv").exists(), timeout=1800, every=0.05)
     assert not (run / "test_metrics.csv").exists(), "the run finished before it could be interrupted"
     cluster.run("scancel", "--signal=USR2", target)
     wait_for("the requeue", lambda: (target, "REQUEUED") in cluster.sacct("-j", target), timeout=600)

@@ -261,9 +261,10 @@ def setup_study(study: Study) -> StudySetup:
     with holding(out, "setup", waiting=waiting) if info.main else contextlib.nullcontext():
         if info.main and not (_cache_root(study) / "index.json").exists():
             log_event(out, f"set-up: prepare {study.data} -> {_cache_root(study)}")
-        cache = prepare_study_cache(study) if info.main else None
-        barrier(info)
-        cache = cache or prepare_study_cache(study)
+        if info.main:
+            prepare_study_cache(study)
+        barrier(info)  # the other ranks open the cache rank 0 prepared
+        cache = prepare_study_cache(study)
         if len(cache.ids("test")) == 0:
             raise SemisegInputError(cache.root, "has no test patients; prepare it with --test-fraction above 0")
         ddpm_run = None
@@ -313,11 +314,11 @@ def attempt(study: Study, setup: StudySetup, run: RunKey, wait: bool = False, si
         if previous.exists() and since is not None and previous.stat().st_mtime >= since:
             return RunOutcome(run, FAILED, read_failure(out, run))
         previous.unlink(missing_ok=True)
-        folder = run.folder(out)
-        step = latest_step(folder) if (folder / CONFIG).exists() else None
-        log_event(out, f"{'start' if step is None else f'resume from step {step}'} {run} ({_where()})")
         t0 = time.perf_counter()
         try:
+            folder = run.folder(out)
+            step = latest_step(folder) if (folder / CONFIG).exists() else None
+            log_event(out, f"{'start' if step is None else f'resume from step {step}'} {run} ({_where()})")
             run_one(study, Cache(setup.cache), run.method, run.budget, run.seed, setup.ddpm_run, [tuple(k) for k in setup.keep])
         except Exception as exc:
             failure = record_failure(out, run, exc)
