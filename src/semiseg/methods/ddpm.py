@@ -21,6 +21,9 @@ from semiseg.training.batches import SliceSource, Stream, step_rng
 from semiseg.training.checkpoint import EMA_PREFIX, fit_state_dict, latest_checkpoint, load_model_state
 from semiseg.training.context import TrainContext
 
+#: axis of a batch of cached slices (B, C, x, y) that runs left-right (RAS: x)
+LEFT_RIGHT_AXIS = -2
+
 
 def unet_config(model: dict[str, Any], slice_size: int) -> dict[str, Any]:
     """The preset's model block with the data's slice size filled in (and checked)."""
@@ -79,8 +82,11 @@ class DDPM(Method):
         assert self.ctx is not None
         x = self.source.load(self.stream.indices(step))["image"] / self.scale
         if self.config["train"].get("hflip", True):
+            # cached slices are (C, x, y) in RAS order: x runs left-right, so a left-right mirror
+            # (the reference's horizontal flip of a radiological view) flips axis -2; flipping y
+            # would show brains mirrored front to back, which never occur at test time
             flip = step_rng(self.ctx.seed, step, self.ctx.info.rank).random(len(x)) < 0.5
-            x[torch.from_numpy(flip)] = torch.flip(x[torch.from_numpy(flip)], dims=[-1])
+            x[torch.from_numpy(flip)] = torch.flip(x[torch.from_numpy(flip)], dims=[LEFT_RIGHT_AXIS])
         return {"image": x}
 
     def forward(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:

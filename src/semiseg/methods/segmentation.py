@@ -36,7 +36,7 @@ class SegmentationMethod(Method):
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
         bs = int(self.config["train"]["batch_size"])
-        self.augment = Augmenter(self.config.get("augment", {}), self.dims)
+        self.augment = Augmenter(self.config.get("augment", {}), self.dims, self.data.normaliser.background_value())
         self.labelled = self._source(ctx, ctx.plan.labelled_items(), labelled=True)
         self.labelled_stream = Stream(len(self.labelled), bs, ctx.seed, ctx.info)
         if self.semi_supervised:
