@@ -22,6 +22,9 @@ app = typer.Typer(
 PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="Preset from the shipped config files (e.g. small).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Your YAML settings (see `semiseg config`).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, e.g. --set train.steps=200 (repeatable).")]
+TransductiveOpt = Annotated[
+    bool, typer.Option("--transductive", help="Also use the cache's test patients' images, unlabelled (as the diffusion paper's DDPM does).")
+]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, mps (default: best available).")]
 
 
@@ -108,11 +111,13 @@ def pretrain(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     device: DeviceOpt = None,
+    transductive: TransductiveOpt = False,
 ) -> None:
-    """Train an unconditional DDPM on every cached slice (labels unused). Runs under torchrun too."""
+    """Train an unconditional DDPM on every cached slice of the training patients (labels unused). Runs under torchrun too."""
     from semiseg.runs import train as run_train
 
-    run_train(cache, "ddpm", out, preset=preset, config_file=config, overrides=set_, seed=seed, resume=resume, device=device)
+    run_train(cache, "ddpm", out, preset=preset, config_file=config, overrides=set_, seed=seed, resume=resume, device=device,
+              transductive=transductive)
     typer.echo(f"run {out}")
 
 
@@ -134,13 +139,14 @@ def train(
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     device: DeviceOpt = None,
+    transductive: TransductiveOpt = False,
 ) -> None:
     """Train a segmentation method with few labels. Runs under torchrun too."""
     from semiseg.runs import train as run_train
 
     run_train(
         cache, method, out, preset=preset, config_file=config, overrides=set_, n_labelled=n_labelled,
-        labelled_items=_csv(labelled_items), seed=seed, ddpm_run=ddpm, resume=resume, device=device,
+        labelled_items=_csv(labelled_items), seed=seed, ddpm_run=ddpm, resume=resume, device=device, transductive=transductive,
     )
     typer.echo(f"run {out}")
 

@@ -43,7 +43,7 @@ def test_ddpm_flips_left_right(tmp_path: Path):
 
     cfg = load_config(["ddpm"], "small", overrides=TINY_DDPM + ["train.batch_size=4"])
     ddpm = DDPM(cfg, cache.data_info())
-    plan = make_plan(cache, 2, all_cases=True)
+    plan = make_plan(cache, 2, unlabelled_only=True, transductive=True)
     ddpm.setup(TrainContext(cache, plan, 0, DistInfo(), torch.device("cpu"), tmp_path / "run", 4))
     scale = float(cfg["diffusion"]["data_scale"])
     seen_flipped = seen_plain = False

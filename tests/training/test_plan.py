@@ -32,7 +32,7 @@ def test_3d_plan_and_ddpm_plan(tiny_cache: Path):
     cache = Cache(tiny_cache)
     plan = make_plan(cache, 3, n_labelled=2, seed=1)
     assert plan.labelled_cases() == list(plan.labelled) and not set(plan.labelled) & set(plan.unlabelled_cases)
-    ddpm = make_plan(cache, 2, all_cases=True)
+    ddpm = make_plan(cache, 2, unlabelled_only=True, transductive=True)
     assert set(ddpm.unlabelled_cases) == set(cache.ids()) and ddpm.labelled == ()
 
 
@@ -42,3 +42,15 @@ def test_3d_plan_and_ddpm_plan(tiny_cache: Path):
 def test_damaged_plans_are_refused(bad):
     with pytest.raises(SemisegInputError):
         DataPlan.from_json(bad, "config.json")
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_transductive_adds_test_images_and_inductive_never_does(tiny_cache: Path, dims: int):
+    cache = Cache(tiny_cache)
+    test = set(cache.ids("test"))
+    inductive = make_plan(cache, dims, n_labelled=2, seed=0)
+    transductive = make_plan(cache, dims, n_labelled=2, seed=0, transductive=True)
+    assert not test & set(inductive.unlabelled_cases) and test <= set(transductive.unlabelled_cases)
+    assert transductive.labelled == inductive.labelled and transductive.transductive and not inductive.transductive
+    assert not test & set(make_plan(cache, 2, unlabelled_only=True).unlabelled_cases)
+    assert DataPlan.from_json(transductive.to_json()) == transductive

@@ -70,12 +70,14 @@ def train(
     ddpm_run: str | PathLike | None = None,
     resume: bool = False,
     device: str | None = None,
+    transductive: bool = False,
 ) -> Path:
     """Train ``method_name`` on a cache into the run folder ``out``; return ``out``.
 
     Works the same in one process or under ``torchrun`` (every rank calls it; rank 0 writes).
     With ``resume``, the run's stored configuration is used and training continues from its
-    latest checkpoint; CLI settings other than the device are ignored.
+    latest checkpoint; CLI settings other than the device are ignored. ``transductive``: the cache's
+    test patients' images may be used without labels (semi-supervised methods and the DDPM).
     """
     info = init_distributed()
     out = Path(out)
@@ -107,10 +109,8 @@ def train(
         dims = int(config.get("dims", 2))
         if f"{dims}d" not in cache.dims:
             raise SemisegInputError(cache.root, f"was prepared without {dims}D data; prepare it with --dims 2d,3d")
-        plan = make_plan(cache, dims, n_labelled, seed, labelled_items, all_cases=not cls.segments)
-        if not cls.segments and config["train"].get("exclude_test"):
-            test = set(plan.test)
-            plan = type(plan)(plan.dims, plan.labelled, tuple(c for c in plan.unlabelled_cases if c not in test), plan.test)
+        plan = make_plan(cache, dims, n_labelled, seed, labelled_items, unlabelled_only=not cls.segments,
+                         transductive=transductive and (cls.semi_supervised or not cls.segments))
         record = RunRecord(
             method=method_name, preset=preset, seed=seed, cache=str(cache.root.resolve()), data=cache.data_info(),
             plan=plan, config=config, semiseg_version=semiseg.__version__,
@@ -139,7 +139,8 @@ def train(
         what = f"{n_lab} labelled {'slices' if record.plan.dims == 2 else 'cases'}, " if cls.segments else ""
         log(
             f"[bold]{method_name}[/]: {what}{len(record.plan.unlabelled_cases)} "
-            f"{'unlabelled ' if cls.segments else ''}cases, {ctx.total_steps} steps on {ctx.device}"
+            f"{'unlabelled ' if cls.segments else ''}cases{' (test patients included: transductive)' if record.plan.transductive else ''}, "
+            f"{ctx.total_steps} steps on {ctx.device}"
             + (f" x {info.world} processes" if info.distributed else "")
         )
     fit(method, ctx, resume=resume)

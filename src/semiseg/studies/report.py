@@ -152,6 +152,8 @@ def write_report(study: Any, cache: Cache, summary: list[dict], keep: list[tuple
          + (", and every test patient's whole volume (below)" if any(r["protocol"] != primary for r in everything) else "")),
         ("slice size" if study.dims == 2 else "dimensions", f"{cache.slice_size} px" if study.dims == 2 else "3D patches"),
         ("methods", ", ".join(study.methods)),
+        ("unlabelled data", "training patients' and test patients' images (transductive, as in the diffusion paper)" if study.transductive
+         else "training patients' images only (inductive: no test image is used in training)"),
         (unit, ", ".join(str(b) for b in budgets)),
         ("seeds", ", ".join(str(s) for s in study.seeds)),
         ("preset", study.preset + (f"; DDPM preset {study.ddpm.get('preset')}" if ddpm_run else "")),

@@ -61,6 +61,9 @@ class Study:
     settings: dict[str, list[str]] = field(default_factory=dict)
     test_slices_per_case: int | None = 7
     whole_volume: bool = True
+    #: the test patients' images may be used unlabelled by every method that uses unlabelled data
+    #: (the DDPM included), as in the diffusion paper; false: no test image is ever trained on
+    transductive: bool = True
     postprocess: str | None = "largest_component"
     overlays: int = 4
     device: str | None = None
@@ -124,14 +127,21 @@ def prepare_study_cache(study: Study) -> Cache:
 
 def pretrain_study_ddpm(study: Study, cache: Cache) -> Path:
     """The DDPM shared by the study's diffusion methods: the given run, or OUT/ddpm (resumed)."""
+    from semiseg.runs import read_run_record
     from semiseg.runs.train import ensure_trained, is_finished
 
     if study.ddpm.get("run"):
-        return Path(study.ddpm["run"])
+        run = Path(study.ddpm["run"])
+        if read_run_record(run).plan.transductive and not study.transductive:
+            raise SemisegInputError(run, "this DDPM was trained on the test patients' images too, but the study is inductive (transductive: false)")
+        return run
     run = Path(study.out) / "ddpm"
     if not is_finished(run):
         log(f"[bold]pretrain[/] DDPM ({study.ddpm['preset']} preset) -> {run}")
-    return ensure_trained(run, cache.root, "ddpm", preset=study.ddpm["preset"], overrides=study.ddpm.get("set") or [], device=study.device)
+    return ensure_trained(
+        run, cache.root, "ddpm", preset=study.ddpm["preset"], overrides=study.ddpm.get("set") or [], device=study.device,
+        transductive=study.transductive,
+    )
 
 
 def overlay_slices(cache: Cache, test: list[str], count: int, dims: int) -> list[tuple[str, int]]:
@@ -174,6 +184,7 @@ def run_one(study: Study, cache: Cache, method: str, n_labelled: int, seed: int,
     ensure_trained(
         run, cache.root, method, preset=study.preset, overrides=study.method_overrides(method) + [f"dims={study.dims}"],
         n_labelled=n_labelled, seed=seed, ddpm_run=ddpm_run if cls.needs_ddpm else None, device=study.device,
+        transductive=study.transductive,
     )
     train_seconds = time.perf_counter() - t0
     model, _ = load_trained(run, pick_device(0, study.device))

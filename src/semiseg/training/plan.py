@@ -37,12 +37,15 @@ def parse_slice(item: str) -> SliceItem:
 @dataclass(frozen=True)
 class DataPlan:
     """A run's data: ``labelled`` items (``"case:z"`` in 2D, case ids in 3D), the cases it may use
-    unlabelled, and the test cases it never trains on with labels."""
+    unlabelled, and the test cases it never trains on with labels. ``transductive``: the test
+    patients' images are among the unlabelled cases (as in the diffusion paper, whose DDPM sees
+    every slice); otherwise no image of a test patient is used in training (inductive)."""
 
     dims: int
     labelled: tuple[str, ...]
     unlabelled_cases: tuple[str, ...]
     test: tuple[str, ...]
+    transductive: bool = False
 
     def labelled_slices(self) -> list[SliceItem]:
         """The labelled slices as (case, z) (2D plans)."""
@@ -69,7 +72,10 @@ class DataPlan:
         return [(c, z) for c in self.unlabelled_cases for z in range(cache.cases[c].n_slices) if (c, z) not in taken]
 
     def to_json(self) -> dict[str, Any]:
-        return {"dims": self.dims, "labelled": list(self.labelled), "unlabelled_cases": list(self.unlabelled_cases), "test": list(self.test)}
+        return {
+            "dims": self.dims, "labelled": list(self.labelled), "unlabelled_cases": list(self.unlabelled_cases),
+            "test": list(self.test), "transductive": self.transductive,
+        }
 
     @classmethod
     def from_json(cls, obj: Any, source: str | None = None) -> "DataPlan":
@@ -82,7 +88,10 @@ class DataPlan:
         for k in keys[1:]:
             if not isinstance(obj[k], list) or not all(isinstance(v, str) for v in obj[k]):
                 raise SemisegInputError(source, f"plan.{k} must be a list of strings")
-        plan = cls(int(obj["dims"]), tuple(obj["labelled"]), tuple(obj["unlabelled_cases"]), tuple(obj["test"]))
+        transductive = obj.get("transductive", bool(set(obj["test"]) & set(obj["unlabelled_cases"])))
+        if not isinstance(transductive, bool):
+            raise SemisegInputError(source, f"plan.transductive must be true or false, got {transductive!r}")
+        plan = cls(int(obj["dims"]), tuple(obj["labelled"]), tuple(obj["unlabelled_cases"]), tuple(obj["test"]), transductive)
         if plan.dims == 2:
             plan.labelled_slices()  # every item parses
         return plan
@@ -120,7 +129,8 @@ def make_plan(
     n_labelled: int | None = None,
     seed: int = 0,
     labelled_items: list[str] | None = None,
-    all_cases: bool = False,
+    unlabelled_only: bool = False,
+    transductive: bool = False,
 ) -> DataPlan:
     """Choose a run's data.
 
@@ -129,11 +139,13 @@ def make_plan(
         dims: 2 (slices) or 3 (patches).
         n_labelled: number of labelled items drawn from :func:`labelled_pool` with ``seed``.
         labelled_items: explicit items instead (``"case:z"`` cached slice numbers in 2D, case ids in 3D).
-        all_cases: DDPM pretraining: every case is "unlabelled" data, test patients included.
+        unlabelled_only: DDPM pretraining: no labelled items, every training case is unlabelled data.
+        transductive: the test patients' images may be used unlabelled too.
     """
     test = tuple(cache.ids("test"))
-    if all_cases:
-        return DataPlan(dims, (), tuple(cache.ids()), test)
+    extra = list(test) if transductive else []
+    if unlabelled_only:
+        return DataPlan(dims, (), tuple(cache.ids("train") + cache.ids("unlabelled") + extra), test, transductive)
     if labelled_items:
         labelled = _check_items(cache, labelled_items, dims)
     else:
@@ -144,4 +156,4 @@ def make_plan(
     candidates = cache.ids("train") + cache.ids("unlabelled")
     # in 3D a labelled case is wholly labelled; in 2D only its labelled slices are
     unlabelled = [c for c in candidates if c not in set(labelled)] if dims == 3 else candidates
-    return DataPlan(dims, tuple(labelled), tuple(unlabelled), test)
+    return DataPlan(dims, tuple(labelled), tuple(unlabelled + extra), test, transductive)
