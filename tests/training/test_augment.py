@@ -45,3 +45,9 @@ def test_same_seed_same_augmentation():
     a = Augmenter(cfg, 2)(img, lab, seed=11)
     b = Augmenter(cfg, 2)(img, lab, seed=11)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_augmented_batches_are_plain_tensors():
+    img, lab = square(0.0, 24).repeat(2, 1, 1, 1), torch.zeros((2, 24, 24), dtype=torch.long)
+    out, lab_out = Augmenter({"prob": 1.0, "flip": True, "rotate_degrees": 15, "gamma": [0.7, 1.5]}, 2)(img, lab, seed=2)
+    assert type(out) is torch.Tensor and type(lab_out) is torch.Tensor  # not MONAI MetaTensors: they slow every later op

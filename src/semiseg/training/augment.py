@@ -19,7 +19,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import Compose, RandAdjustContrastd, RandAffined, RandFlipd
+
+
+def plain(x: Any) -> torch.Tensor:
+    """A plain tensor: MONAI transforms return MetaTensors, whose per-operation bookkeeping
+    slows every later network operation on them several-fold."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
 class Augmenter:
@@ -81,12 +88,12 @@ class Augmenter:
             sample_seed = (seed * 7919 + i) % (2**32)
             self.spatial.set_random_state(seed=sample_seed)
             out = self.spatial(sample)
-            img = torch.as_tensor(out["image"]).float() + bg
+            img = plain(out["image"]).float() + bg
             if self.intensity is not None:
                 self.intensity.set_random_state(seed=(sample_seed + 1) % (2**32))
                 foreground = (img != bg).any(dim=0, keepdim=True)
-                img = torch.where(foreground, torch.as_tensor(self.intensity({"image": img})["image"]).float(), img)
+                img = torch.where(foreground, plain(self.intensity({"image": img})["image"]).float(), img)
             images.append(img)
             if label is not None:
-                labels.append(torch.as_tensor(out["label"])[0].round().long())
+                labels.append(plain(out["label"])[0].round().long())
         return torch.stack(images), (torch.stack(labels) if label is not None else None)
