@@ -55,3 +55,32 @@ def test_ddpm_flips_left_right(tmp_path: Path):
             seen_flipped |= bool(xs.mean() > 16)
             seen_plain |= bool(xs.mean() < 16)
     assert seen_flipped and seen_plain
+
+
+def test_min_snr_weighting_and_v_prediction(tmp_path: Path):
+    from helpers import data_info
+
+    x = torch.randn(4, 1, 16, 16)
+    base = TINY_DDPM + ["model.attention_resolutions=[]"]
+    torch.manual_seed(0)
+    plain = DDPM(load_config(["ddpm"], "small", overrides=base), data_info(slice_size=16))
+    torch.manual_seed(0)
+    weighted = DDPM(load_config(["ddpm"], "small", overrides=base + ["diffusion.loss_weighting=min_snr", "diffusion.min_snr_gamma=5"]),
+                    data_info(slice_size=16))
+    torch.manual_seed(1)
+    t = torch.randint(0, 1000, (4,))
+    torch.manual_seed(1)
+    loss_w, _ = weighted({"image": x}, 0)
+    # same draw of t and noise, by hand
+    torch.manual_seed(1)
+    noise = torch.randn_like(x)
+    t = torch.randint(0, 1000, (4,))
+    noisy = plain.scheduler.add_noise(original_samples=x, noise=noise, timesteps=t)
+    per = ((plain.unet(noisy, t) - noise) ** 2).flatten(1).mean(1)
+    a = plain.scheduler.alphas_cumprod[t]
+    snr = a / (1 - a)
+    assert torch.allclose(loss_w, (per * snr.clamp(max=5) / snr).mean(), rtol=1e-5)
+    v = DDPM(load_config(["ddpm"], "small", overrides=base + ["diffusion.prediction=v_prediction"]), data_info(slice_size=16))
+    loss_v, _ = v({"image": x}, 0)
+    assert torch.isfinite(loss_v) and v.scheduler.prediction_type == "v_prediction"
+    assert v.sample(1, steps=2).shape == (1, 1, 16, 16)

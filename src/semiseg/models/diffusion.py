@@ -43,15 +43,19 @@ def build_unet(cfg: dict[str, Any], channels: int, out_channels: int | None = No
 
 
 def build_scheduler(cfg: dict[str, Any]) -> DDPMScheduler:
-    """DDPM scheduler from a preset's ``diffusion`` block (``timesteps``, ``schedule``)."""
+    """DDPM scheduler from a preset's ``diffusion`` block (``timesteps``, ``schedule``, ``prediction``)."""
     schedule = {"cosine": "cosine", "linear": "linear_beta"}[cfg["schedule"]]
-    return DDPMScheduler(num_train_timesteps=int(cfg["timesteps"]), schedule=schedule, clip_sample=True)
+    return DDPMScheduler(
+        num_train_timesteps=int(cfg["timesteps"]), schedule=schedule, clip_sample=True, prediction_type=cfg.get("prediction", "epsilon")
+    )
 
 
 def build_sampler(cfg: dict[str, Any], steps: int) -> DDIMScheduler:
-    """DDIM scheduler on the same noise schedule, for sampling in ``steps`` steps."""
+    """DDIM scheduler on the same noise schedule and prediction type, for sampling in ``steps`` steps."""
     schedule = {"cosine": "cosine", "linear": "linear_beta"}[cfg["schedule"]]
-    sampler = DDIMScheduler(num_train_timesteps=int(cfg["timesteps"]), schedule=schedule, clip_sample=True)
+    sampler = DDIMScheduler(
+        num_train_timesteps=int(cfg["timesteps"]), schedule=schedule, clip_sample=True, prediction_type=cfg.get("prediction", "epsilon")
+    )
     sampler.set_timesteps(steps)
     return sampler
 
