@@ -140,6 +140,9 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     device: DeviceOpt = None,
     transductive: TransductiveOpt = False,
+    negatives: Annotated[
+        int, typer.Option("--negatives", help="2D: also label this many lesion-free slices of the labelled patients as such (not counted in --labelled).")
+    ] = 0,
 ) -> None:
     """Train a segmentation method with few labels. Runs under torchrun too."""
     from semiseg.runs import train as run_train
@@ -147,6 +150,7 @@ def train(
     run_train(
         cache, method, out, preset=preset, config_file=config, overrides=set_, n_labelled=n_labelled,
         labelled_items=_csv(labelled_items), seed=seed, ddpm_run=ddpm, resume=resume, device=device, transductive=transductive,
+        negatives=negatives,
     )
     typer.echo(f"run {out}")
 

@@ -71,6 +71,7 @@ def train(
     resume: bool = False,
     device: str | None = None,
     transductive: bool = False,
+    negatives: int = 0,
 ) -> Path:
     """Train ``method_name`` on a cache into the run folder ``out``; return ``out``.
 
@@ -78,6 +79,7 @@ def train(
     With ``resume``, the run's stored configuration is used and training continues from its
     latest checkpoint; CLI settings other than the device are ignored. ``transductive``: the cache's
     test patients' images may be used without labels (semi-supervised methods and the DDPM).
+    ``negatives``: 2D, this many lesion-free slices of the labelled patients labelled as such.
     """
     info = init_distributed()
     out = Path(out)
@@ -110,7 +112,8 @@ def train(
         if f"{dims}d" not in cache.dims:
             raise SemisegInputError(cache.root, f"was prepared without {dims}D data; prepare it with --dims 2d,3d")
         plan = make_plan(cache, dims, n_labelled, seed, labelled_items, unlabelled_only=not cls.segments,
-                         transductive=transductive and (cls.semi_supervised or not cls.segments))
+                         transductive=transductive and (cls.semi_supervised or not cls.segments),
+                         negatives=negatives if cls.segments else 0)
         record = RunRecord(
             method=method_name, preset=preset, seed=seed, cache=str(cache.root.resolve()), data=cache.data_info(),
             plan=plan, config=config, semiseg_version=semiseg.__version__,
@@ -136,7 +139,8 @@ def train(
     )
     if info.main:
         n_lab = len(record.plan.labelled)
-        what = f"{n_lab} labelled {'slices' if record.plan.dims == 2 else 'cases'}, " if cls.segments else ""
+        neg = f" + {len(record.plan.negatives)} lesion-free" if record.plan.negatives else ""
+        what = f"{n_lab}{neg} labelled {'slices' if record.plan.dims == 2 else 'cases'}, " if cls.segments else ""
         log(
             f"[bold]{method_name}[/]: {what}{len(record.plan.unlabelled_cases)} "
             f"{'unlabelled ' if cls.segments else ''}cases{' (test patients included: transductive)' if record.plan.transductive else ''}, "

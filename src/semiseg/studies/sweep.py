@@ -64,6 +64,8 @@ class Study:
     #: the test patients' images may be used unlabelled by every method that uses unlabelled data
     #: (the DDPM included), as in the diffusion paper; false: no test image is ever trained on
     transductive: bool = True
+    #: 2D: lesion-free slices of the labelled patients labelled as such, per run, beside the budget
+    negatives: int = 0
     postprocess: str | None = "largest_component"
     overlays: int = 4
     device: str | None = None
@@ -184,7 +186,7 @@ def run_one(study: Study, cache: Cache, method: str, n_labelled: int, seed: int,
     ensure_trained(
         run, cache.root, method, preset=study.preset, overrides=study.method_overrides(method) + [f"dims={study.dims}"],
         n_labelled=n_labelled, seed=seed, ddpm_run=ddpm_run if cls.needs_ddpm else None, device=study.device,
-        transductive=study.transductive,
+        transductive=study.transductive, negatives=study.negatives if study.dims == 2 else 0,
     )
     train_seconds = time.perf_counter() - t0
     model, _ = load_trained(run, pick_device(0, study.device))
