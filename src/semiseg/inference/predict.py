@@ -34,18 +34,22 @@ from semiseg.training.distributed import pick_device
 NNUNET_IMAGE = re.compile(r"^(.*)_(\d{4})\.nii(\.gz)?$")
 
 
+#: what a predict path computes per batch: images -> (per-voxel maps (B, K, *S), uncertainty (B, *S) or None)
+Head = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
 @torch.no_grad()
 def predict_slices(
-    method: Method, slices: np.ndarray, on_batch: Callable[[int], None] | None = None
+    method: Method, slices: np.ndarray, on_batch: Callable[[int], None] | None = None, head: Head | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run a 2D method over slices (N, C, S, S); returns probabilities (N, K, S, S) and
-    uncertainty (N, S, S), float32."""
+    uncertainty (N, S, S), float32 (or what ``head`` computes instead of ``method.predict``)."""
     device = next(method.parameters()).device
     bs = method.predict_batch_size()
     probs, unc = [], []
     for s in range(0, len(slices), bs):
         x = torch.as_tensor(np.asarray(slices[s : s + bs], dtype=np.float32), device=device)
-        p, u = method.predict(x)
+        p, u = (head or method.predict)(x)
         probs.append(p.float().cpu().numpy())
         unc.append((u if u is not None else torch.zeros_like(p[:, 0])).float().cpu().numpy())
         if on_batch:
@@ -54,14 +58,15 @@ def predict_slices(
 
 
 @torch.no_grad()
-def predict_volume(method: Method, volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def predict_volume(method: Method, volume: np.ndarray, head: Head | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Run a 3D method over a cropped volume (C, X, Y, Z) with Gaussian-weighted sliding windows;
-    returns probabilities (K, X, Y, Z) and uncertainty (X, Y, Z), float32."""
+    returns probabilities (K, X, Y, Z) and uncertainty (X, Y, Z), float32 (or what ``head``
+    computes instead of ``method.predict``)."""
     device = next(method.parameters()).device
     x = torch.as_tensor(np.asarray(volume, dtype=np.float32), device=device)[None]
 
     def both(patch: torch.Tensor) -> torch.Tensor:
-        p, u = method.predict(patch)
+        p, u = (head or method.predict)(patch)
         u = u if u is not None else torch.zeros_like(p[:, 0])
         return torch.cat([p, u[:, None]], dim=1)
 

@@ -182,6 +182,11 @@ class DDPMPixel(Method):
 
     # ---- inference -------------------------------------------------------------------------
     @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-pixel diffusion features the MLPs classify."""
+        return self.pixel_features(x)
+
+    @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, _, h, w = x.shape
         feats = self.pixel_features(x).permute(0, 2, 3, 1).reshape(-1, self.num_features)

@@ -79,3 +79,8 @@ class SegmentationMethod(Method):
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         probs = torch.softmax(self.logits(x).float(), dim=1)
         return probs, entropy(probs)
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The U-Net's last decoder feature map, before the 1x1 head (subclasses with a ``net``)."""
+        return self.net.forward_features(x)[1]
