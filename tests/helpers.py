@@ -69,6 +69,21 @@ def write_brats_case(
 
 
 
+def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """Run the real ``semiseg`` entry point in this process: (exit code, stdout, stderr)."""
+    import sys
+
+    from semiseg.cli import main
+
+    argv, sys.argv = sys.argv, ["semiseg", *args]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
 
 def tiny_cache_at(root: Path, modalities: list[str] | None = None) -> Path:
     """Write eight small labelled cases and one unlabelled one under root/data and prepare them

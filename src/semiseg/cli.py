@@ -267,6 +267,33 @@ def sweep(
 
 
 @app.command()
+def suggest(
+    run: Annotated[str, typer.Argument(help="A trained segmentation run; or, for the first batch, a DDPM run or 'none'.")],
+    data: Annotated[Optional[Path], typer.Argument(help="Cache or dataset folder (default: the run's cache).")] = None,
+    count: Annotated[int, typer.Option("--count", "-k", help="How many slices (2D) or cases (3D) to suggest.")] = 5,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for suggestions.csv, suggestions.png, labelled_items.txt.")] = Path("suggestions"),
+    strategy: Annotated[
+        Optional[str],
+        typer.Option("--strategy", "-s", help="hybrid (default with a run), uncertainty, diversity, representative (first-batch default), random."),
+    ] = None,
+    candidates: Annotated[str, typer.Option("--candidates", help="2D: 'all' slices of the training patients, or the paper's central 'pool'.")] = "all",
+    passes: Annotated[int, typer.Option("--passes", help="Monte Carlo dropout passes for the uncertainty.")] = 8,
+    dims: Annotated[Optional[int], typer.Option("--dims", help="First batch only: 2 (slices) or 3 (cases); default 2 if the cache has slices.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of random draws, k-means and MC dropout.")] = 0,
+    device: DeviceOpt = None,
+) -> None:
+    """Which slices (2D) or cases (3D) to annotate next: rank the unlabelled items of the training patients."""
+    from semiseg.studies.suggest import suggest as run_suggest
+
+    result = run_suggest(None if run.lower() == "none" else run, data, count, out, strategy=strategy, seed=seed, passes=passes,
+                         candidates=candidates, dims=dims, device=device)
+    choice = result.choice
+    typer.echo(f"suggested {len(choice.suggested)} of {len(choice.scores.items)} candidates ({choice.strategy}): {', '.join(choice.suggested)}")
+    typer.echo(f"wrote {result.csv}, {result.figure} and {result.items_file}; train next on {result.cache} with:")
+    typer.echo(f"--labelled-items {result.labelled_items}")
+
+
+@app.command()
 def patient(
     case: Annotated[Path, typer.Argument(help="One case folder (BraTS naming) with its label file.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
