@@ -69,6 +69,9 @@ class Study:
     postprocess: str | None = "largest_component"
     overlays: int = 4
     device: str | None = None
+    #: guided label selection beside the random draws (:mod:`semiseg.studies.active`), e.g.
+    #: {strategy: hybrid, rounds: [2, 5, 10]}
+    selection: dict[str, Any] | None = None
 
     def method_overrides(self, method: str) -> list[str]:
         return list(self.settings.get("all", [])) + list(self.settings.get(method, []))
@@ -109,6 +112,10 @@ def load_study(path: str | PathLike | None = None, **values: Any) -> Study:
         get_method(m)
     if not study.budgets or min(study.budgets) < 1:
         raise SemisegInputError(path, f"budgets must be positive integers, got {study.budgets}")
+    if study.selection is not None:
+        from semiseg.studies.active import SelectionPlan
+
+        SelectionPlan.from_study(study.selection, path)
     return study
 
 
@@ -172,20 +179,23 @@ def run_path(out: str | PathLike, method: str, n_labelled: int, seed: int) -> Pa
     return Path(out) / "runs" / method / f"n{n_labelled}-s{seed}"
 
 
-def run_one(study: Study, cache: Cache, method: str, n_labelled: int, seed: int, ddpm_run: Path | None, keep: list[tuple[str, int]]) -> Path:
-    """Train (or resume) one run of the sweep and score it on the test split, unless finished."""
+def run_one(study: Study, cache: Cache, method: str, n_labelled: int, seed: int, ddpm_run: Path | None, keep: list[tuple[str, int]],
+            labelled_items: list[str] | None = None, label: str | None = None) -> Path:
+    """Train (or resume) one run of the sweep and score it on the test split, unless finished.
+    ``labelled_items``: these items instead of ``n_labelled`` random ones, in the run folder of
+    the method name ``label`` (guided selection, :mod:`semiseg.studies.active`)."""
     from semiseg.runs import ensure_trained, load_trained
     from semiseg.studies.holdout import evaluate_on_cache
     from semiseg.training.distributed import pick_device
 
-    run = run_path(study.out, method, n_labelled, seed)
+    run = run_path(study.out, label or method, n_labelled, seed)
     if (run / TEST_METRICS).exists():
         return run
     cls = get_method(method)
     t0 = time.perf_counter()
     ensure_trained(
         run, cache.root, method, preset=study.preset, overrides=study.method_overrides(method) + [f"dims={study.dims}"],
-        n_labelled=n_labelled, seed=seed, ddpm_run=ddpm_run if cls.needs_ddpm else None, device=study.device,
+        n_labelled=n_labelled, labelled_items=labelled_items, seed=seed, ddpm_run=ddpm_run if cls.needs_ddpm else None, device=study.device,
         transductive=study.transductive, negatives=study.negatives if study.dims == 2 else 0,
     )
     train_seconds = time.perf_counter() - t0
@@ -241,6 +251,10 @@ def run_sweep(study: Study) -> Path:
             bar.update(task, info=f"{m} n={b} seed={s}")
             run_one(study, cache, m, b, s, ddpm_run, keep)
             bar.update(task, completed=i + 1)
+    if study.selection:
+        from semiseg.studies.active import run_guided
+
+        jobs += run_guided(study, cache, ddpm_run, keep)
     results = []
     for m, b, s in jobs:
         for r in read_csv(run_path(out, m, b, s) / TEST_METRICS):
