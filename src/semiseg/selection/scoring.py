@@ -61,7 +61,7 @@ class ItemScores:
 
 @dataclass(frozen=True)
 class ItemMaps:
-    """What the preview shows of one item: an axial ``image`` slice (first channel shown), the
+    """What the preview shows of one item: an axial ``image`` slice (FLAIR, else the first channel), the
     predicted class map and uncertainty map on it (None before a run), and the slice's number."""
 
     image: np.ndarray
@@ -179,6 +179,7 @@ def item_maps(method: Method | None, cache: Cache, items: Sequence[str], dims: i
     """Preview maps of ``items``; ``scored`` are all the items scored with them, so each case is
     recomputed exactly as it was scored."""
     zs_of = _by_case(scored, dims)
+    channel = cache.modalities.index("flair") if "flair" in cache.modalities else 0  # as the report's overlays
     out = []
     for item in items:
         cid, z = parse_slice(item) if dims == 2 else (item, None)
@@ -195,7 +196,7 @@ def item_maps(method: Method | None, cache: Cache, items: Sequence[str], dims: i
             pred = u = None
             if dims == 3:
                 z = cache.volume(cid).shape[-1] // 2
-        image = np.asarray(cache.slices(cid)[z, 0] if dims == 2 else cache.volume(cid)[0, :, :, z], np.float32)
+        image = np.asarray(cache.slices(cid)[z, channel] if dims == 2 else cache.volume(cid)[channel, :, :, z], np.float32)
         out.append(ItemMaps(image, pred, u, int(z)))
     return out
 

@@ -29,6 +29,7 @@ from semiseg.progress import log, progress_bar
 from semiseg.runs.record import RunRecord
 from semiseg.selection import COLD_START, SUGGESTION_FIELDS, Choice, choose_next
 from semiseg.selection.scoring import item_maps
+from semiseg.selection.strategies import check_strategy
 from semiseg.studies import figures
 
 #: the strategy used when none is given: with a trained run, and for a first batch
@@ -125,7 +126,7 @@ def suggest(
         raise SemisegInputError(out, "is a file; --out must be a folder")
     record = read_run_record(run) if run is not None else None
     segmentation = record is not None and record.method != "ddpm"
-    strategy = strategy or DEFAULT_STRATEGY["run" if segmentation else "first"]
+    strategy = check_strategy(strategy or DEFAULT_STRATEGY["run" if segmentation else "first"])
     if not segmentation and strategy not in COLD_START:
         what = "a DDPM run" if record is not None else "no run"
         raise SemisegInputError(None, f"strategy {strategy!r} needs a trained segmentation run, but this is {what}; use one of {', '.join(COLD_START)}")
