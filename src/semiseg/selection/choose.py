@@ -77,17 +77,19 @@ def choose_next(
     candidates: str = "all",
     device: str | torch.device = "cpu",
     on_case: Callable[[], None] | None = None,
+    negatives: Sequence[str] = (),
 ) -> Choice:
     """Pick ``count`` new items to label in ``cache``'s training patients.
 
     With a trained segmentation ``method``, candidates are scored by its uncertainty and
     embeddings; without one (the first batch) only embedding-based or random strategies apply, on
     the decoder features of ``ddpm_run`` when given (2D), else on intensity features.
+    ``negatives``: lesion-free slices labelled as such (no candidates, no part of the next set).
     """
     check_strategy(strategy, cold=method is None)
     if passes < 1:
         raise SemisegInputError(None, f"MC dropout passes must be at least 1, got {passes}")
-    items = candidate_items(cache, dims, labelled, candidates)
+    items = candidate_items(cache, dims, list(labelled) + list(negatives), candidates)
     if count > len(items):
         what = "slices" if dims == 2 else "cases"
         raise SemisegInputError(cache.root, f"asked for {count} items but only {len(items)} unlabelled {what} of training patients are left")

@@ -2,8 +2,9 @@
 an embedding, from a trained run or, before any run exists, from the images alone.
 
 Candidates are the not-yet-labelled items of the cache's training patients: every slice of each
-(2D; or only the paper's central-slice pool with ``candidates="pool"``) or the patients themselves
-(3D). A test patient's item is never a candidate.
+that shows anatomy (2D; at least a tenth of its pixels off the background, so no slice of air above
+the head; or only the paper's central-slice pool with ``candidates="pool"``), or the patients
+themselves (3D). A test patient's item is never a candidate.
 
 From a trained segmentation run:
 
@@ -38,7 +39,7 @@ from semiseg.methods.base import Method
 from semiseg.models.unet import enable_mc_dropout
 from semiseg.preprocess.cache import Cache
 from semiseg.training.losses import entropy
-from semiseg.training.plan import format_slice, labelled_pool, parse_slice
+from semiseg.training.plan import format_slice, labelled_pool, parse_slice, slices_with_anatomy
 
 CANDIDATES = ("all", "pool")
 #: side of the grid slices (2D) or volumes (3D) are pooled to for intensity features
@@ -71,13 +72,14 @@ class ItemMaps:
 
 
 def candidate_items(cache: Cache, dims: int, labelled: Sequence[str], which: str = "all") -> list[str]:
-    """The items that may be suggested: not yet labelled, of the training patients only."""
+    """The items that may be suggested: not in ``labelled`` (which also lists a run's lesion-free
+    negatives), of the training patients only."""
     if which not in CANDIDATES:
         raise SemisegInputError(None, f"candidates must be one of {', '.join(CANDIDATES)}, got {which!r}")
     if which == "pool" or dims == 3:
         items = labelled_pool(cache, dims)
     else:
-        items = [format_slice(cid, z) for cid in cache.ids("train") for z in range(cache.cases[cid].n_slices)]
+        items = [format_slice(cid, z) for cid in cache.ids("train") for z in slices_with_anatomy(cache, cid)]
     taken = set(labelled)
     return [i for i in items if i not in taken]
 

@@ -131,9 +131,9 @@ def run_guided(study: Any, cache: Cache, ddpm_run: Path | None, keep: list[tuple
                             choice = first_picks[(first, seed)]
                         else:
                             log(f"[bold]select[/] {label} seed {seed}: {budget - len(labelled)} more items with {previous}")
-                            model, _ = load_trained(previous, device)
+                            model, record = load_trained(previous, device)
                             choice = choose_next(cache, study.dims, labelled, budget - len(labelled), strategy, method=model, seed=seed,
-                                                 passes=plan.passes, candidates=plan.candidates, device=device)
+                                                 passes=plan.passes, candidates=plan.candidates, device=device, negatives=record.plan.negatives)
                         write_csv(selection_file(study.out, label, budget, seed), choice.rows(cache), SUGGESTION_FIELDS)
                         labelled = choice.next_items
                     run_one(study, cache, method, budget, seed, ddpm_run, keep, labelled_items=labelled, label=label)

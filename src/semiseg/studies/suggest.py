@@ -135,10 +135,10 @@ def suggest(
         _check_fits(cache, record, Path(run))
         if dims is not None and dims != record.plan.dims:
             raise SemisegInputError(None, f"--dims {dims} does not match the run, which is {record.plan.dims}D")
-        dims, labelled = record.plan.dims, list(record.plan.labelled)
+        dims, labelled, negatives = record.plan.dims, list(record.plan.labelled), list(record.plan.negatives)
     else:
         dims = dims or (2 if "2d" in cache.dims else 3)
-        labelled = []
+        labelled, negatives = [], []
     if dims not in (2, 3):
         raise SemisegInputError(None, f"--dims must be 2 or 3, got {dims}")
     if f"{dims}d" not in cache.dims:
@@ -150,7 +150,7 @@ def suggest(
     with progress_bar() as bar:
         task = bar.add_task("score", total=n_cases, info="")
         choice = choose_next(cache, dims, labelled, count, strategy, method=method, ddpm_run=ddpm_run, seed=seed, passes=passes,
-                             candidates=candidates, device=device, on_case=lambda: bar.advance(task))
+                             candidates=candidates, device=device, on_case=lambda: bar.advance(task), negatives=negatives)
     shown = choice.suggested[:PREVIEW_ITEMS]
     maps = item_maps(method, cache, shown, dims, choice.scores.items, passes, seed)
     rows = choice.rows(cache)

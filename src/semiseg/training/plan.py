@@ -115,15 +115,21 @@ def labelled_pool(cache: Cache, dims: int) -> list[str]:
     return [format_slice(cid, z) for cid in train for z in slice_pool(cache.cases[cid].n_slices)]
 
 
-def lesion_free_slices(cache: Cache, case_id: str, min_foreground: float = 0.1) -> list[int]:
-    """Cached slices of a labelled case without any annotated voxel but with at least
-    ``min_foreground`` of their pixels off the background (not empty air above the head)."""
+def slices_with_anatomy(cache: Cache, case_id: str, min_foreground: float = 0.1) -> list[int]:
+    """Cached slices of a case with at least ``min_foreground`` of their pixels off the background
+    (not empty air above the head)."""
     background = cache.normaliser.background_value().reshape(-1, 1, 1)
     slices = cache.slices(case_id)
     return [
-        z for z, v in enumerate(cache.cases[case_id].slice_label_voxels)
-        if v == 0 and (np.abs(np.asarray(slices[z], np.float32) - background) > 1e-3).any(0).mean() >= min_foreground
+        z for z in range(cache.cases[case_id].n_slices)
+        if (np.abs(np.asarray(slices[z], np.float32) - background) > 1e-3).any(0).mean() >= min_foreground
     ]
+
+
+def lesion_free_slices(cache: Cache, case_id: str, min_foreground: float = 0.1) -> list[int]:
+    """Slices of a labelled case without any annotated voxel that show anatomy (:func:`slices_with_anatomy`)."""
+    voxels = cache.cases[case_id].slice_label_voxels
+    return [z for z in slices_with_anatomy(cache, case_id, min_foreground) if voxels[z] == 0]
 
 
 def choose_negatives(cache: Cache, labelled: list[str], count: int, seed: int) -> list[str]:
