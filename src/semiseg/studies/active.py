@@ -29,7 +29,7 @@ from semiseg.errors import SemisegInputError
 from semiseg.files import write_csv
 from semiseg.preprocess.cache import Cache
 from semiseg.progress import log
-from semiseg.selection import COLD_START, STRATEGIES, SUGGESTION_FIELDS, choose_next
+from semiseg.selection import COLD_START, STRATEGIES, SUGGESTION_FIELDS, Choice, choose_next
 from semiseg.selection.scoring import CANDIDATES
 
 FEATURES = ("auto", "ddpm", "intensity")
@@ -78,10 +78,16 @@ class SelectionPlan:
             raise SemisegInputError(source, f"selection.passes must be a positive integer, got {plan.passes!r}")
         return plan
 
-    def describe(self) -> str:
+    def first_features(self, ddpm_run: Path | None, dims: int) -> str:
+        """What the first pick runs on: ``ddpm`` or ``intensity`` (``auto``: the study's DDPM in 2D)."""
+        if self.features != "auto":
+            return self.features
+        return "ddpm" if ddpm_run is not None and dims == 2 else "intensity"
+
+    def describe(self, ddpm_run: Path | None, dims: int) -> str:
         """One line for the report's set-up table."""
         return (f"guided ({', '.join(self.strategies)}) in rounds of {', '.join(map(str, self.rounds))} labels, "
-                f"the first by {self.first} on {self.features} features, candidates: {self.candidates}; "
+                f"the first by {self.first} on {self.first_features(ddpm_run, dims)} features, candidates: {self.candidates}; "
                 "the plain method names are random draws")
 
 
@@ -104,11 +110,11 @@ def run_guided(study: Any, cache: Cache, ddpm_run: Path | None, keep: list[tuple
 
     plan = SelectionPlan.from_study(study.selection)
     methods = [m for m in (plan.methods or study.methods) if get_method(m).segments]
-    features = plan.features if plan.features != "auto" else ("ddpm" if ddpm_run is not None and study.dims == 2 else "intensity")
+    features = plan.first_features(ddpm_run, study.dims)
     if features == "ddpm" and ddpm_run is None:
         raise SemisegInputError(None, "selection.features is ddpm, but the study has no DDPM (add a diffusion method or ddpm: {run: ...})")
     device = pick_device(0, study.device)
-    first_picks: dict[tuple[str, int], object] = {}
+    first_picks: dict[tuple[str, int], Choice] = {}
     done = []
     for method in methods:
         for strategy in plan.strategies:

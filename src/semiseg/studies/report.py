@@ -120,10 +120,10 @@ def _overlays(study: Any, cache: Cache, keep: list[tuple[str, int]], budget: int
     return figures.overlay_grid(rows, columns, out)
 
 
-def _selection_line(study: Any) -> str:
+def _selection_line(study: Any, ddpm_run: Path | None) -> str:
     from semiseg.studies.active import SelectionPlan
 
-    return SelectionPlan.from_study(study.selection).describe()
+    return SelectionPlan.from_study(study.selection).describe(ddpm_run, study.dims)
 
 
 def write_report(study: Any, cache: Cache, summary: list[dict], keep: list[tuple[str, int]], ddpm_run: Path | None) -> Path:
@@ -162,7 +162,7 @@ def write_report(study: Any, cache: Cache, summary: list[dict], keep: list[tuple
          else "training patients' images only (inductive: no test image is used in training)"),
         (unit, ", ".join(str(b) for b in budgets)),
         ("seeds", ", ".join(str(s) for s in study.seeds)),
-        *([("label selection", _selection_line(study))] if getattr(study, "selection", None) else []),
+        *([("label selection", _selection_line(study, ddpm_run))] if getattr(study, "selection", None) else []),
         ("preset", study.preset + (f"; DDPM preset {study.ddpm.get('preset')}" if ddpm_run else "")),
         ("settings", "; ".join(f"{k}: {' '.join(v)}" for k, v in study.settings.items()) or "presets unchanged"),
         ("machine", f"{platform.platform()}, Python {platform.python_version()}, semiseg {semiseg.__version__}"),
