@@ -32,7 +32,7 @@ from semiseg.errors import SemisegInputError
 from semiseg.files import read_csv, write_csv, write_json
 from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache
-from semiseg.progress import log
+from semiseg.progress import log, progress_bar
 
 RESULT_FIELDS = ["method", "budget", "seed", "case", "slice", "protocol", "region", "metric", "value"]
 SUMMARY_FIELDS = ["method", "budget", "protocol", "region", "metric", "mean", "std", "n_seeds", "n_values"]
@@ -122,7 +122,12 @@ def prepare_study_cache(study: Study) -> Cache:
         return Cache(target)
     log(f"[bold]prepare[/] {study.data} -> {target}")
     dataset = discover(study.data, study.modalities)
-    return build_cache(dataset, target, slice_size=study.slice_size, test_fraction=study.test_fraction, split_seed=study.split_seed)
+    with progress_bar() as bar:
+        task = bar.add_task("prepare", total=len(dataset.cases), info="", unit="case")
+        return build_cache(
+            dataset, target, slice_size=study.slice_size, test_fraction=study.test_fraction, split_seed=study.split_seed,
+            progress=lambda i, n: bar.update(task, completed=i),
+        )
 
 
 def pretrain_study_ddpm(study: Study, cache: Cache) -> Path:
@@ -220,7 +225,6 @@ def summarise_results(results: list[dict]) -> list[dict]:
 
 def run_sweep(study: Study) -> Path:
     """Run (or finish) a study; returns the path of its report."""
-    from semiseg.progress import progress_bar
     from semiseg.studies.report import write_report
 
     out = Path(study.out)
@@ -234,7 +238,7 @@ def run_sweep(study: Study) -> Path:
     keep = overlay_slices(cache, cache.ids("test"), study.overlays, study.dims)
     jobs = [(m, b, s) for b in study.budgets for s in study.seeds for m in study.methods]
     with progress_bar() as bar:
-        task = bar.add_task("sweep", total=len(jobs), info="")
+        task = bar.add_task("sweep", total=len(jobs), info="", unit="run", every=1)
         for i, (m, b, s) in enumerate(jobs):
             bar.update(task, info=f"{m} n={b} seed={s}")
             run_one(study, cache, m, b, s, ddpm_run, keep)

@@ -118,7 +118,7 @@ def fit(method: Trainable, ctx: TrainContext, resume: bool = False) -> int:
     t_window = time.perf_counter()
 
     with progress_bar(info.main) as bar:
-        task = bar.add_task(method.name, total=total, completed=start, info="")
+        task = bar.add_task(method.name, total=total, completed=start, info="", unit="step", every=log_every)
         for step in range(start, total):
             seed_step(ctx.seed, step, info.rank)
             method.train()
