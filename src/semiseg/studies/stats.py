@@ -136,12 +136,18 @@ def bootstrap_ci(d: np.ndarray) -> tuple[float, float]:
 
 def wilcoxon_p(d: np.ndarray) -> float:
     """Two-sided paired Wilcoxon signed-rank p of differences ``d`` (zero differences dropped, as
-    Wilcoxon's original test does); 1 when every difference is zero, NaN for fewer than 2 pairs."""
+    Wilcoxon's original test does); 1 when every difference is zero, NaN for fewer than 2 pairs.
+
+    The zeros are dropped here rather than by scipy: scipy would then build the null distribution
+    by permuting all 2**n signs, zeros included (seconds per comparison at n = 10, for the same p);
+    without zeros it uses the exact distribution, or with tied differences a complete permutation
+    test up to 13 pairs and the normal approximation above, all deterministic."""
     if len(d) < 2:
         return math.nan
-    if np.all(d == 0):
+    nonzero = d[d != 0]
+    if len(nonzero) == 0:
         return 1.0
-    return float(stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided").pvalue)
+    return float(stats.wilcoxon(nonzero, zero_method="wilcox", alternative="two-sided").pvalue)
 
 
 def compare(method: str, a: dict[str, PatientValue], other: str, b: dict[str, PatientValue]) -> Comparison:

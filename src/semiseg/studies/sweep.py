@@ -245,7 +245,7 @@ def summarise_results(results: list[dict], patients: dict | None = None) -> list
         seed_means = np.array(grouped[key])
         cases = patients.get(key, {}).values()
         misses = [c.n_misses for c in cases if c.n_misses is not None]
-        row = {
+        row = dict.fromkeys(SUMMARY_FIELDS) | {
             "method": m, "budget": b, "protocol": proto, "region": reg, "metric": met,
             "mean": means[key], "std": float(seed_means.std(ddof=1)) if len(seed_means) > 1 else math.nan,
             "n_seeds": len(seed_means), "n_values": len(pooled[key]), "median": float(np.median(pooled[key])),
