@@ -268,10 +268,12 @@ def _overlays(study: Any, cache: Cache, keep: list[tuple[str, int]], budget: int
     """Overlay figure for ``budget`` (first seed): image, ground truth, each method."""
     if not keep:
         return None
+    from semiseg.studies.sweep import OVERLAY_PREDICTIONS, run_path
+
     seed = study.seeds[0]
     preds = {}
     for m in study.methods:
-        f = Path(study.out) / "runs" / m / f"n{budget}-s{seed}" / "test_overlays.npz"
+        f = run_path(study.out, m, budget, seed) / OVERLAY_PREDICTIONS
         if f.exists():
             with np.load(f, allow_pickle=False) as z:
                 preds[m] = {k.replace("@", ":"): z[k] for k in z.files}
