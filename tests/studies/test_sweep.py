@@ -240,8 +240,9 @@ def test_every_number_in_the_report_agrees_with_results_and_summary(finished: Pa
         assert run["labelled"] == record["plan"]["labelled"] and run["test"] == Cache(tiny_cache).ids("test")
         timing = json.loads((finished / run["folder"] / "timing.json").read_text())["sessions"]
         assert run["time"]["train_seconds"] == pytest.approx(sum(s["seconds"] for s in timing if s["stage"] == "train"))
-        # the shared DDPM pretrained on every case, test patients included: ddpm-finetune is transductive
-        assert run["unlabelled_test_images"] == (run["method"] == "ddpm-finetune")
+        # a transductive study (the default): the semi-supervised method and the shared DDPM use the
+        # test patients' images unlabelled, the supervised runs do not
+        assert run["unlabelled_test_images"] == (run["method"] in ("ddpm-finetune", "mean-teacher"))
     assert provenance["ddpm"]["steps"] == provenance["ddpm"]["steps_trained"] == 4 and provenance["ddpm"]["config"]["train"]["steps"] == 4
     assert provenance["methods"]["mean-teacher"]["config"]["train"]["steps"] == 6 and provenance["study_seconds"] > 0
     commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()

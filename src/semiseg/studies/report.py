@@ -31,12 +31,14 @@ OVERLAY_CAPTION = ("Slices picked among all tumour-bearing test slices at evenly
                    "so small, medium and large lesions are shown, from different patients where possible")
 
 
-def _regions(summary: list[dict]) -> list[str]:
+def ordered_regions(summary: list[dict]) -> list[str]:
+    """The regions of summary rows, BraTS's WT, TC, ET first."""
     found = {r["region"] for r in summary}
     return [r for r in REGION_ORDER if r in found] + sorted(found - set(REGION_ORDER))
 
 
-def _methods(summary: list[dict]) -> list[str]:
+def ordered_methods(summary: list[dict]) -> list[str]:
+    """The compared methods of summary rows (the upper bound left out), the supervised baseline first."""
     return sorted({r["method"] for r in summary if r["method"] != UPPER_BOUND}, key=lambda m: (m != BASELINE, m))
 
 
@@ -348,7 +350,7 @@ def write_report(
     prov = provenance.to_json() if hasattr(provenance, "to_json") else provenance
     primary = primary_protocol(study.dims, study.test_slices_per_case)
     main = for_protocol(summary, primary)
-    regions, methods = _regions(main), _methods(main)
+    regions, methods = ordered_regions(main), ordered_methods(main)
     budgets = sorted({r["budget"] for r in main if r["method"] != UPPER_BOUND})
     unit = "labelled slices" if study.dims == 2 else "labelled cases"
     seeds_note = "mean ± standard deviation over seeds" if len(study.seeds) > 1 else "one seed, so no standard deviation"
@@ -396,8 +398,8 @@ def write_report(
                 continue
             suffix = ", after keeping the largest connected component" if protocol.endswith("+lcc") else ""
             whole.append({"title": f"{title}{suffix} ({'higher' if higher_is_better(metric) else 'lower'} is better)",
-                          "table": metric_table(summary, protocol, metric, budgets, methods, _regions(rows), unit)})
-    scored = [{"protocol": p, "name": PROTOCOL_NAMES.get(p, p), "table": scored_table(summary, p, budgets, methods, _regions(for_protocol(summary, p)), unit)}
+                          "table": metric_table(summary, protocol, metric, budgets, methods, ordered_regions(rows), unit)})
+    scored = [{"name": PROTOCOL_NAMES.get(p, p), "table": scored_table(summary, p, budgets, methods, ordered_regions(for_protocol(summary, p)), unit)}
               for p in found_protocols]
     transductive = sorted(m for m, e in prov["methods"].items() if e["unlabelled_test_images"])
     context = {
@@ -466,7 +468,7 @@ def summary_tex(study: Any, summary: list[dict], metric: str = "dice") -> str:
 
     primary = primary_protocol(study.dims, study.test_slices_per_case)
     main = for_protocol(summary, primary)
-    regions, methods = _regions(main), _methods(main)
+    regions, methods = ordered_regions(main), ordered_methods(main)
     index = _index(main)
     budgets = sorted({r["budget"] for r in main if r["method"] != UPPER_BOUND})
     unit = "labelled slices" if study.dims == 2 else "labelled cases"

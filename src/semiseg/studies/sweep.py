@@ -361,14 +361,14 @@ def summary_table(summary: list[dict], metric: str = "dice", protocol: str | Non
     bold, the upper bound last."""
     from rich.table import Table
 
-    from semiseg.studies.report import _methods, _regions, fmt_mean_sd
+    from semiseg.studies.report import fmt_mean_sd, ordered_methods, ordered_regions
     from semiseg.studies.stats import UPPER_BOUND
 
     if protocol is None:
         found = {r.get("protocol") for r in summary}
         protocol = next((p for p in ("central_slices", "volume") if p in found), None)
     summary = [r for r in (for_protocol(summary, protocol) if protocol else summary) if r["metric"] == metric]
-    regions = _regions(summary)
+    regions = ordered_regions(summary)
     seeds = max((int(r["n_seeds"]) for r in summary), default=0)
     table = Table(title=f"{metric}, {protocol or 'all protocols'} ({'mean ± sd over seeds' if seeds > 1 else 'one seed'}; bold: significantly best)")
     table.add_column("method")
@@ -376,7 +376,7 @@ def summary_table(summary: list[dict], metric: str = "dice", protocol: str | Non
     for reg in regions:
         table.add_column(reg, justify="right")
     index = {(r["method"], r["budget"], r["region"]): r for r in summary}
-    for m in _methods(summary) + [UPPER_BOUND]:
+    for m in ordered_methods(summary) + [UPPER_BOUND]:
         for b in sorted({r["budget"] for r in summary if r["method"] == m}):
             cells = []
             for reg in regions:

@@ -9,6 +9,7 @@ import io
 import math
 import platform
 import time
+import uuid
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -95,18 +96,18 @@ def plot_loss_curve(log_path: str | PathLike, out: str | PathLike, title: str = 
 class WallClock:
     """Wall time of a run (or study) over all the sessions that worked on it.
 
-    Each process appends one session (``stage``: "train", "test", "sweep"; when it started, on which
-    host, and ``details`` such as the device and the first step) and rewrites the file atomically at
-    every :meth:`tick`, so a session killed midway keeps its time up to its last tick and a resumed
+    Each process adds one session (``stage``: "train", "test", "sweep"; when it started, on which
+    host, and ``details`` such as the device and the first step) and rewrites it at every
+    :meth:`tick` (atomically, re-reading the file so that sessions of other processes working on the
+    same study are kept), so a session killed midway keeps its time up to its last tick and a resumed
     run's time is the sum of its interrupted and resumed parts (:func:`total_seconds`).
     """
 
     def __init__(self, path: str | PathLike, stage: str, **details: Any) -> None:
         self.path = Path(path)
-        self.sessions: list[dict[str, Any]] = read_timing(self.path)
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        self.session: dict[str, Any] = {"stage": stage, "started": started, "host": platform.node(), "seconds": 0.0, **details}
-        self.sessions.append(self.session)
+        self.session: dict[str, Any] = {"id": uuid.uuid4().hex[:12], "stage": stage, "started": started, "host": platform.node(),
+                                        "seconds": 0.0, **details}
         self.t0 = time.perf_counter()
         self.tick()
 
@@ -114,7 +115,13 @@ class WallClock:
         """Record the time so far (and ``updates``, e.g. the last step reached)."""
         self.session["seconds"] = round(time.perf_counter() - self.t0, 3)
         self.session.update(updates)
-        write_json(self.path, {"sessions": self.sessions})
+        sessions = read_timing(self.path)
+        ids = [s.get("id") for s in sessions]
+        if self.session["id"] in ids:
+            sessions[ids.index(self.session["id"])] = self.session
+        else:
+            sessions.append(self.session)
+        write_json(self.path, {"sessions": sessions})
 
 
 def read_timing(path: str | PathLike) -> list[dict[str, Any]]:
