@@ -224,7 +224,7 @@ def test_every_number_in_the_report_agrees_with_results_and_summary(finished: Pa
             assert close(text, float(per_patient[tuple(c["data-row"].split("|"))]["value"]), c["data-row"].split("|")[4])
         else:
             run = provenance["runs"][int(c["data-row"])]
-            expected = {"n_labelled": len(run["labelled"]), "steps": run["steps"], "sessions": run["time"]["sessions"],
+            expected = {"n_labelled": len(run["labelled"]), "seed": run["seed"], "steps": run["steps"], "sessions": run["time"]["sessions"],
                         "train_seconds": run["time"]["train_seconds"], "test_seconds": run["time"]["test_seconds"],
                         "seconds": run["time"]["train_seconds"] + run["time"]["test_seconds"]}[col]
             assert text == str(expected) if isinstance(expected, int) else abs(float(text) - expected) <= 0.05 + 1e-9

@@ -257,7 +257,8 @@ def runs_table(provenance: dict[str, Any], unit: str) -> Table:
             return Cell("—") if v is None else Cell(f"{v:.1f}", "provenance", str(i), col)
 
         total = None if t["train_seconds"] is None and t["test_seconds"] is None else (t["train_seconds"] or 0) + (t["test_seconds"] or 0)
-        table.rows.append([Cell(r["method"], header=True), Cell(str(len(r["labelled"])), "provenance", str(i), "n_labelled"), Cell(str(r["seed"])),
+        table.rows.append([Cell(r["method"], header=True), Cell(str(len(r["labelled"])), "provenance", str(i), "n_labelled"),
+                           Cell(str(r["seed"]), "provenance", str(i), "seed"),
                            Cell(str(r["steps"]), "provenance", str(i), "steps"),
                            Cell("yes" if r["unlabelled_test_images"] else "no"), Cell(str(t["sessions"]), "provenance", str(i), "sessions"),
                            Cell(", ".join(t["devices"]) or "—"), sec(t["train_seconds"], "train_seconds"), sec(t["test_seconds"], "test_seconds"),
