@@ -183,7 +183,7 @@ def patient_plot(
         ax.set_title(region)
         ax.grid(alpha=0.3, axis="y")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False, bbox_to_anchor=(0.5, 1.0))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False, bbox_to_anchor=(0.5, 1.0), markerscale=2)
     fig.tight_layout()
     return save(fig, out)
 

@@ -389,7 +389,7 @@ def write_report(
         (unit, ", ".join(str(b) for b in budgets)),
         ("seeds", ", ".join(str(s) for s in study.seeds)),
         ("preset", study.preset + (f"; DDPM preset {study.ddpm.get('preset')}" if ddpm_run else "")),
-        ("settings", "; ".join(f"{k}: {' '.join(v)}" for k, v in study.settings.items()) or "presets unchanged"),
+        ("settings", "; ".join(f"{k}: {' '.join(v)}" for k, v in study.settings.items() if v) or "presets unchanged"),
     ]
     whole = []
     for base, metric, title in WHOLE_VOLUME:
