@@ -131,14 +131,13 @@ def close(text: str, value: float, metric: str = "dice") -> bool:
     return abs(float(text) - value) <= 0.5 * 10 ** -(1 if metric.startswith("hd") else 3) + 1e-9
 
 
-def test_every_number_in_the_report_agrees_with_results_and_summary(finished: Path, tiny_cache: Path):
+def check_numbers_agree(finished: Path) -> Counter:
     """summary.csv and per_patient.csv recomputed from results.csv; every number of the report's
-    tables checked against them (and the run table against provenance.json)."""
+    tables (and of summary.tex) checked against them, and the run table against provenance.json.
+    Returns how many numbers of each kind were checked. (Also run on `semiseg demo --quick`'s study.)"""
     from scipy import stats
 
-    from semiseg.preprocess.cache import Cache
     from semiseg.studies.stats import holm
-    from semiseg.training.plan import labelled_pool
 
     results, summary = read(finished / "results.csv"), read(finished / "summary.csv")
     fields = ("method", "budget", "protocol", "region", "metric")
@@ -189,10 +188,6 @@ def test_every_number_in_the_report_agrees_with_results_and_summary(finished: Pa
     for pairs in family.values():
         ps = list(pairs.values())
         assert [h for _, h in ps] == pytest.approx(holm(p for p, _ in ps))
-    # the upper bound: supervised on the whole labelled pool
-    config = json.loads(next((finished / "runs" / "supervised").glob(f"n{len(labelled_pool(Cache(tiny_cache), 2))}-s0")).joinpath("config.json").read_text())
-    assert sorted(config["plan"]["labelled"]) == sorted(labelled_pool(Cache(tiny_cache), 2))
-
     # the report: every number in a numbers table names its source, and agrees with it
     parser = Cells()
     parser.feed((finished / "report.html").read_text())
@@ -229,10 +224,32 @@ def test_every_number_in_the_report_agrees_with_results_and_summary(finished: Pa
                         "seconds": run["time"]["train_seconds"] + run["time"]["test_seconds"]}[col]
             assert text == str(expected) if isinstance(expected, int) else abs(float(text) - expected) <= 0.05 + 1e-9
         checked[c["data-src"], col] += 1
+    # summary.tex: the main Dice table, the same numbers
+    tex = (finished / "summary.tex").read_text()
+    primary = "central_slices" if any(s["protocol"] == "central_slices" for s in summary) else "volume"
+    for s in summary:
+        if s["protocol"] == primary and s["metric"] == "dice":
+            cell = f"{float(s['mean']):.3f}" + (f" $\\pm$ {float(s['std']):.3f}" if s["n_seeds"] != "1" else "")
+            assert (f"\\textbf{{{cell}}}" if s["significantly_best"] == "True" else cell) + " " in tex  # then " &" or a line end
+            checked["tex", "mean_std"] += 1
+    return checked
+
+
+def test_every_number_in_the_report_agrees_with_results_and_summary(finished: Path, tiny_cache: Path):
+    from semiseg.preprocess.cache import Cache
+    from semiseg.training.plan import labelled_pool
+
+    checked = check_numbers_agree(finished)
     # every kind of number was seen: the main tables, HD95 median and misses, comparisons, what was scored, patients, runs
-    for kind in [("summary", "mean_std"), ("summary", "median"), ("summary", "misses"), ("summary", "vs_supervised_ci"), ("summary", "vs_best_other_p_holm"),
-                 ("summary", "n_patients"), ("summary", "n_empty"), ("summary", "n_misses"), ("patient", "value"), ("provenance", "seconds")]:
+    for kind in [("summary", "mean_std"), ("summary", "median"), ("summary", "misses"), ("summary", "vs_supervised_ci"),
+                 ("summary", "vs_best_other_p_holm"), ("summary", "n_patients"), ("summary", "n_empty"), ("summary", "n_misses"),
+                 ("patient", "value"), ("provenance", "seconds"), ("tex", "mean_std")]:
         assert checked[kind] > 0, kind
+    # the upper bound: supervised on the whole labelled pool
+    pool = labelled_pool(Cache(tiny_cache), 2)
+    config = json.loads((finished / "runs" / "supervised" / f"n{len(pool)}-s0" / "config.json").read_text())
+    assert sorted(config["plan"]["labelled"]) == sorted(pool)
+    provenance = json.loads((finished / "provenance.json").read_text())
     # provenance: items, configurations, times, software
     assert len(provenance["runs"]) == 14 and {r["method"] for r in provenance["runs"]} == {"supervised", "mean-teacher", "ddpm-finetune", "supervised-all"}
     for run in provenance["runs"]:
@@ -247,12 +264,7 @@ def test_every_number_in_the_report_agrees_with_results_and_summary(finished: Pa
     assert provenance["methods"]["mean-teacher"]["config"]["train"]["steps"] == 6 and provenance["study_seconds"] > 0
     commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert provenance["software"]["git_commit"] == (commit or None) and provenance["software"]["torch"]
-    # summary.tex: the main Dice table, the same numbers
-    tex = (finished / "summary.tex").read_text()
-    for s in summary:
-        if s["protocol"] == "central_slices" and s["metric"] == "dice":
-            cell = f"{float(s['mean']):.3f} $\\pm$ {float(s['std']):.3f}"
-            assert (f"\\textbf{{{cell}}}" if s["significantly_best"] == "True" else cell) in tex
+    tex = (finished / "summary.tex").read_text()  # 3 methods x 2 budgets and the upper bound, under a header
     assert tex.count(r"\\") == 1 + 3 * 2 + 1 and all(line.count("&") == 4 for line in tex.splitlines() if line.endswith(r"\\"))
 
 
