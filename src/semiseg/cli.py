@@ -59,7 +59,7 @@ def synth(
     if cases < 1:
         raise SemisegInputError(None, f"--cases must be at least 1, got {cases}")
     with progress_bar() as bar:
-        task = bar.add_task("synth", total=cases, info="")
+        task = bar.add_task("synth", total=cases, info="", unit="case")
         ids = phantom.write_phantom_dataset(
             out, cases, seed=seed, unlabelled=unlabelled, progress=lambda i, n: bar.update(task, completed=i), **kwargs
         )
@@ -90,7 +90,7 @@ def prepare(
         f"channels {', '.join(dataset.modalities)}, labels {dataset.scheme.name}"
     )
     with progress_bar() as bar:
-        task = bar.add_task("prepare", total=len(dataset.cases), info="")
+        task = bar.add_task("prepare", total=len(dataset.cases), info="", unit="case")
         cache = build_cache(
             dataset, out, slice_size=slice_size, dims=tuple(_csv(dims) or []), test_fraction=test_fraction,
             split_seed=split_seed, overwrite=overwrite, progress=lambda i, n: bar.update(task, completed=i),

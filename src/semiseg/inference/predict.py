@@ -176,11 +176,11 @@ def predict(
     written: list[tuple[Path, Path]] = []
     try:
         with progress_bar() as bar:
-            task = bar.add_task("predict", total=len(cases), info="")
+            task = bar.add_task("predict", total=len(cases), info="", unit="case", every=1)
             for case in cases:
                 prepared = prepare_case(case, model_scheme, normaliser, with_label=False)
                 n_slices = prepared.image.shape[-1]
-                sub = bar.add_task(f"  {case.case_id}", total=n_slices if method.dims == 2 else 1, info="")
+                sub = bar.add_task(f"  {case.case_id}", total=n_slices if method.dims == 2 else 1, info="", every=0)
                 probs, unc = predict_prepared(method, prepared, size, pad, lambda n, sub=sub: bar.advance(sub, n))
                 bar.update(sub, completed=n_slices if method.dims == 2 else 1)
                 geom = prepared.geometry

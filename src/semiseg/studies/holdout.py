@@ -60,8 +60,11 @@ def keep_largest_component(pred: np.ndarray) -> np.ndarray:
 
 
 def _rows(case_id: str, slice_index: int | str, protocol: str, metrics: dict[str, dict[str, float]], names: Sequence[str]) -> list[dict]:
+    """Result rows; each carries the region's voxel counts in ground truth and prediction, which say
+    whether a score was left out (both empty) or is a miss (exactly one empty)."""
     return [
-        {"case": case_id, "slice": slice_index, "protocol": protocol, "region": region, "metric": m, "value": values[m]}
+        {"case": case_id, "slice": slice_index, "protocol": protocol, "region": region, "metric": m, "value": values[m],
+         "gt_voxels": int(values["gt_voxels"]), "pred_voxels": int(values["pred_voxels"])}
         for region, values in metrics.items()
         for m in names
     ]
@@ -93,6 +96,8 @@ def score_all_slices(pred: np.ndarray, gt: np.ndarray, cache: Cache, spacing: Se
             "dice": float(np.nanmean(dice)) if defined.any() else float("nan"),
             "iou": float(np.nanmean(iou)) if defined.any() else float("nan"),
             "fp_slices": float((n_p[empty] > 0).mean()) if empty.any() else float("nan"),
+            "gt_voxels": int(n_g.sum()),
+            "pred_voxels": int(n_p.sum()),
         }
         rows += _rows(case_id, "", protocol, {region: values}, ("dice", "iou", "fp_slices"))
     return rows

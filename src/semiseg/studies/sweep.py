@@ -8,8 +8,13 @@ Layout of a study folder::
     OUT/ddpm/                 the shared DDPM pretraining run (diffusion methods)
     OUT/runs/<method>/n<budget>-s<seed>/   one run folder each, with test_metrics.csv when finished
     OUT/results.csv           one row per test slice (or case) x region x metric x method x budget x seed
-    OUT/summary.csv           mean and standard deviation over seeds per method x budget x region x metric
-    OUT/label_efficiency.png, OUT/overlays.png, OUT/report.html
+    OUT/summary.csv           per method x budget x protocol x region x metric: mean and standard deviation
+                              over seeds, what was scored, paired comparisons (semiseg.studies.stats)
+    OUT/per_patient.csv       each test patient's value per method x budget x protocol x region x metric
+    OUT/summary.tex           the main Dice table for LaTeX
+    OUT/provenance.json       versions, configurations, item IDs and wall times of every run
+    OUT/timing.json           wall time of the sweep sessions (each run has its own timing.json)
+    OUT/*.png|pdf|svg, OUT/report.html
 
 A run counts as finished once its ``test_metrics.csv`` exists (written atomically after training
 and testing); an interrupted run is resumed from its last checkpoint, which continues exactly, so
@@ -19,7 +24,6 @@ a restarted sweep redoes nothing and ends with the results an uninterrupted one 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -32,11 +36,19 @@ from semiseg.errors import SemisegInputError
 from semiseg.files import read_csv, write_csv, write_json
 from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache
-from semiseg.progress import log
+from semiseg.progress import log, progress_bar
 
-RESULT_FIELDS = ["method", "budget", "seed", "case", "slice", "protocol", "region", "metric", "value"]
-SUMMARY_FIELDS = ["method", "budget", "protocol", "region", "metric", "mean", "std", "n_seeds", "n_values"]
-TEST_FIELDS = ["case", "slice", "protocol", "region", "metric", "value"]
+RESULT_FIELDS = ["method", "budget", "seed", "case", "slice", "protocol", "region", "metric", "value", "gt_voxels", "pred_voxels"]
+#: the comparison columns of summary.csv, once against the supervised baseline and once against the
+#: best other method of the cell (see semiseg.studies.stats)
+COMPARISON_FIELDS = ["n", "diff", "ci_low", "ci_high", "p", "p_holm"]
+SUMMARY_FIELDS = (
+    ["method", "budget", "protocol", "region", "metric", "mean", "std", "n_seeds", "n_values", "median", "n_patients", "n_empty", "n_misses"]
+    + [f"vs_supervised_{f}" for f in COMPARISON_FIELDS] + ["best_other"] + [f"vs_best_other_{f}" for f in COMPARISON_FIELDS]
+    + ["significantly_best"]
+)
+PATIENT_FIELDS = ["method", "budget", "protocol", "region", "metric", "case", "value", "n_seeds", "n_scored", "n_empty", "n_misses"]
+TEST_FIELDS = ["case", "slice", "protocol", "region", "metric", "value", "gt_voxels", "pred_voxels"]
 TEST_METRICS = "test_metrics.csv"
 OVERLAY_PREDICTIONS = "test_overlays.npz"
 
@@ -72,6 +84,7 @@ class Study:
     #: guided label selection beside the random draws (:mod:`semiseg.studies.active`), e.g.
     #: {strategy: hybrid, rounds: [2, 5, 10]}
     selection: dict[str, Any] | None = None
+    upper_bound: bool = False
 
     def method_overrides(self, method: str) -> list[str]:
         return list(self.settings.get("all", [])) + list(self.settings.get(method, []))
@@ -116,6 +129,8 @@ def load_study(path: str | PathLike | None = None, **values: Any) -> Study:
         from semiseg.studies.active import SelectionPlan
 
         SelectionPlan.from_study(study.selection, path)
+    if not isinstance(study.upper_bound, bool):
+        raise SemisegInputError(path, f"upper_bound must be true or false, got {study.upper_bound!r}")
     return study
 
 
@@ -131,7 +146,12 @@ def prepare_study_cache(study: Study) -> Cache:
         return Cache(target)
     log(f"[bold]prepare[/] {study.data} -> {target}")
     dataset = discover(study.data, study.modalities)
-    return build_cache(dataset, target, slice_size=study.slice_size, test_fraction=study.test_fraction, split_seed=study.split_seed)
+    with progress_bar() as bar:
+        task = bar.add_task("prepare", total=len(dataset.cases), info="", unit="case")
+        return build_cache(
+            dataset, target, slice_size=study.slice_size, test_fraction=study.test_fraction, split_seed=study.split_seed,
+            progress=lambda i, n: bar.update(task, completed=i),
+        )
 
 
 def pretrain_study_ddpm(study: Study, cache: Cache) -> Path:
@@ -187,57 +207,105 @@ def run_one(study: Study, cache: Cache, method: str, n_labelled: int, seed: int,
     from semiseg.runs import ensure_trained, load_trained
     from semiseg.studies.holdout import evaluate_on_cache
     from semiseg.training.distributed import pick_device
+    from semiseg.training.log import TIMING_FILE, WallClock
 
     run = run_path(study.out, label or method, n_labelled, seed)
     if (run / TEST_METRICS).exists():
         return run
     cls = get_method(method)
-    t0 = time.perf_counter()
     ensure_trained(
         run, cache.root, method, preset=study.preset, overrides=study.method_overrides(method) + [f"dims={study.dims}"],
         n_labelled=n_labelled, labelled_items=labelled_items, seed=seed, ddpm_run=ddpm_run if cls.needs_ddpm else None, device=study.device,
         transductive=study.transductive, negatives=study.negatives if study.dims == 2 else 0,
     )
-    train_seconds = time.perf_counter() - t0
-    model, _ = load_trained(run, pick_device(0, study.device))
+    device = pick_device(0, study.device)
+    clock = WallClock(run / TIMING_FILE, "test", device=str(device))  # training records its own sessions
+    model, _ = load_trained(run, device)
     rows, kept = evaluate_on_cache(model, cache, cache.ids("test"), study.test_slices_per_case, keep, study.postprocess, study.whole_volume)
     np.savez_compressed(run / OVERLAY_PREDICTIONS, **{k.replace(":", "@"): v for k, v in kept.items()})
-    write_json(run / "timing.json", {"train_seconds_this_session": train_seconds})
+    clock.tick()
     write_csv(run / TEST_METRICS, rows, TEST_FIELDS)
     return run
 
 
-def summarise_results(results: list[dict]) -> list[dict]:
-    """Mean and standard deviation over seeds of the per-seed means (NaN values left out), per
-    method, budget, protocol, region and metric."""
+def summarise_results(results: list[dict], patients: dict | None = None) -> list[dict]:
+    """One row per method, budget, protocol, region and metric: mean and standard deviation over
+    seeds of the per-seed means (NaN values left out; no standard deviation with one seed), the
+    median of every scored value, what was scored (``n_values`` scores over all seeds, ``n_patients``,
+    ``n_empty`` both-empty scores left out, ``n_misses`` region predicted where there is none or
+    missed entirely), and the paired patient-level comparisons of :mod:`semiseg.studies.stats`.
+    ``patients``: :func:`~semiseg.studies.stats.patient_values` of ``results``, if already computed."""
+    from semiseg.studies.stats import patient_values, study_statistics
+
     per_seed: dict[tuple, list[float]] = {}
+    pooled: dict[tuple, list[float]] = {}
     for r in results:
         v = float(r["value"])
         if not math.isnan(v):
-            key = (r["method"], int(r["budget"]), r.get("protocol") or "", r["region"], r["metric"], int(r["seed"]))
-            per_seed.setdefault(key, []).append(v)
-    grouped: dict[tuple, list[tuple[float, int]]] = {}
-    for (m, b, proto, reg, met, _seed), vals in per_seed.items():
-        grouped.setdefault((m, b, proto, reg, met), []).append((float(np.mean(vals)), len(vals)))
+            key = (r["method"], int(r["budget"]), r.get("protocol") or "", r["region"], r["metric"])
+            per_seed.setdefault(key + (int(r["seed"]),), []).append(v)
+            pooled.setdefault(key, []).append(v)
+    grouped: dict[tuple, list[float]] = {}
+    for (*key, _seed), vals in per_seed.items():
+        grouped.setdefault(tuple(key), []).append(float(np.mean(vals)))
+    patients = patient_values(results) if patients is None else patients
+    means = {key: float(np.mean(v)) for key, v in grouped.items()}
+    statistics = study_statistics(means, patients)
     rows = []
-    for (m, b, proto, reg, met), items in sorted(grouped.items()):
-        means = np.array([x for x, _ in items])
-        rows.append({
+    for key in sorted(grouped):
+        m, b, proto, reg, met = key
+        seed_means = np.array(grouped[key])
+        cases = patients.get(key, {}).values()
+        misses = [c.n_misses for c in cases if c.n_misses is not None]
+        row = dict.fromkeys(SUMMARY_FIELDS) | {
             "method": m, "budget": b, "protocol": proto, "region": reg, "metric": met,
-            "mean": float(means.mean()), "std": float(means.std(ddof=1)) if len(means) > 1 else 0.0,
-            "n_seeds": len(means), "n_values": int(sum(n for _, n in items)),
-        })
+            "mean": means[key], "std": float(seed_means.std(ddof=1)) if len(seed_means) > 1 else math.nan,
+            "n_seeds": len(seed_means), "n_values": len(pooled[key]), "median": float(np.median(pooled[key])),
+            "n_patients": sum(math.isfinite(c.value) for c in cases), "n_empty": sum(c.n_empty for c in cases),
+            "n_misses": sum(misses) if misses else None, "significantly_best": False,
+        }
+        s = statistics.get(key)
+        if s is not None:
+            row["significantly_best"] = s.significantly_best
+            row["best_other"] = s.best_other
+            for prefix, c in (("vs_supervised_", s.vs_baseline), ("vs_best_other_", s.vs_best_other)):
+                if c is not None:
+                    row.update({prefix + "n": c.n_pairs, prefix + "diff": c.diff, prefix + "ci_low": c.ci_low, prefix + "ci_high": c.ci_high,
+                                prefix + "p": c.p, prefix + "p_holm": c.p_holm})
+        rows.append(row)
     return rows
+
+
+def patient_rows(patients: dict) -> list[dict]:
+    """Rows of per_patient.csv: each test patient's value per method, budget, protocol, region and
+    metric (mean over the patient's slices, then over seeds), with what was scored."""
+    rows = []
+    for (m, b, proto, reg, met), cases in sorted(patients.items()):
+        for case, v in sorted(cases.items()):
+            rows.append({"method": m, "budget": b, "protocol": proto, "region": reg, "metric": met, "case": case, "value": v.value,
+                         "n_seeds": v.n_seeds, "n_scored": v.n_scored, "n_empty": v.n_empty, "n_misses": v.n_misses})
+    return rows
+
+
+def upper_bound_jobs(study: Study, cache: Cache) -> list[tuple[str, int, int]]:
+    """The reference runs of ``upper_bound: true``: the supervised method trained on every labelled
+    training item (the whole labelled pool in 2D, every training case in 3D), one per seed."""
+    from semiseg.studies.stats import BASELINE
+    from semiseg.training.plan import labelled_pool
+
+    if not study.upper_bound:
+        return []
+    return [(BASELINE, len(labelled_pool(cache, study.dims)), s) for s in study.seeds]
 
 
 def run_sweep(study: Study) -> Path:
     """Run (or finish) a study; returns the path of its report."""
-    from semiseg.progress import progress_bar
-    from semiseg.studies.report import write_report
+    from semiseg.training.log import TIMING_FILE, WallClock
 
     out = Path(study.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "study.json", asdict(study))
+    clock = WallClock(out / TIMING_FILE, "sweep")
     cache = prepare_study_cache(study)
     if len(cache.ids("test")) == 0:
         raise SemisegInputError(cache.root, "has no test patients; prepare it with --test-fraction above 0")
@@ -245,24 +313,57 @@ def run_sweep(study: Study) -> Path:
     ddpm_run = pretrain_study_ddpm(study, cache) if needs_ddpm else None
     keep = overlay_slices(cache, cache.ids("test"), study.overlays, study.dims)
     jobs = [(m, b, s) for b in study.budgets for s in study.seeds for m in study.methods]
+    upper = upper_bound_jobs(study, cache)
+    todo = jobs + [j for j in upper if j not in jobs]
     with progress_bar() as bar:
-        task = bar.add_task("sweep", total=len(jobs), info="")
-        for i, (m, b, s) in enumerate(jobs):
+        task = bar.add_task("sweep", total=len(todo), info="", unit="run", every=1)
+        for i, (m, b, s) in enumerate(todo):
             bar.update(task, info=f"{m} n={b} seed={s}")
             run_one(study, cache, m, b, s, ddpm_run, keep)
+            clock.tick()
             bar.update(task, completed=i + 1)
     if study.selection:
         from semiseg.studies.active import run_guided
 
         jobs += run_guided(study, cache, ddpm_run, keep)
+    report = write_study_outputs(study, cache, jobs, upper, keep, ddpm_run)
+    clock.tick()
+    return report
+
+
+def collect_results(out: str | PathLike, jobs: list[tuple[str, int, int]], upper: list[tuple[str, int, int]] = ()) -> list[dict]:
+    """Every finished run's test rows, in job order; the upper-bound runs' rows are labelled
+    :data:`~semiseg.studies.stats.UPPER_BOUND`."""
+    from semiseg.studies.stats import UPPER_BOUND
+
     results = []
-    for m, b, s in jobs:
-        for r in read_csv(run_path(out, m, b, s) / TEST_METRICS):
-            results.append({"method": m, "budget": b, "seed": s, **r})
+    for runs, label in ((jobs, None), (upper, UPPER_BOUND)):
+        for m, b, s in runs:
+            for r in read_csv(run_path(out, m, b, s) / TEST_METRICS):
+                results.append({"method": label or m, "budget": b, "seed": s, **r})
+    return results
+
+
+def write_study_outputs(
+    study: Study, cache: Cache, jobs: list[tuple[str, int, int]], upper: list[tuple[str, int, int]], keep: list[tuple[str, int]], ddpm_run: Path | None
+) -> Path:
+    """From the finished runs: results.csv, summary.csv, per_patient.csv, summary.tex,
+    provenance.json, the figures and report.html; returns the report's path."""
+    from semiseg.studies.provenance import study_provenance
+    from semiseg.studies.report import write_report, write_summary_tex
+    from semiseg.studies.stats import patient_values
+
+    out = Path(study.out)
+    results = collect_results(out, jobs, upper)
     write_csv(out / "results.csv", results, RESULT_FIELDS)
-    summary = summarise_results(results)
+    patients = patient_values(results)
+    summary = summarise_results(results, patients)
     write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
-    return write_report(study, cache, summary, keep, ddpm_run)
+    write_csv(out / "per_patient.csv", patient_rows(patients), PATIENT_FIELDS)
+    provenance = study_provenance(study, cache, jobs, upper, ddpm_run)
+    write_json(out / "provenance.json", provenance.to_json())
+    write_summary_tex(study, summary, out / "summary.tex")
+    return write_report(study, cache, summary, patients, keep, ddpm_run, provenance)
 
 
 def for_protocol(summary: list[dict], protocol: str) -> list[dict]:
@@ -271,38 +372,51 @@ def for_protocol(summary: list[dict], protocol: str) -> list[dict]:
 
 
 def summary_table(summary: list[dict], metric: str = "dice", protocol: str | None = None):
-    """A rich table: methods x budgets, one column group per region, mean +- std of ``metric``
-    under ``protocol`` (default: the first of central_slices, volume found)."""
+    """A rich table: methods x budgets, one column per region, mean (± sd over seeds) of ``metric``
+    under ``protocol`` (default: the first of central_slices, volume found), significantly best in
+    bold, the upper bound last."""
     from rich.table import Table
+
+    from semiseg.studies.report import fmt_mean_sd, ordered_methods, ordered_regions
+    from semiseg.studies.stats import UPPER_BOUND
 
     if protocol is None:
         found = {r.get("protocol") for r in summary}
         protocol = next((p for p in ("central_slices", "volume") if p in found), None)
-    summary = for_protocol(summary, protocol) if protocol else summary
-    regions = sorted({r["region"] for r in summary}, key=lambda x: ["WT", "TC", "ET"].index(x) if x in ("WT", "TC", "ET") else 9)
-    table = Table(title=f"{metric}, {protocol or 'all protocols'} (mean ± sd over seeds)")
+    summary = [r for r in (for_protocol(summary, protocol) if protocol else summary) if r["metric"] == metric]
+    regions = ordered_regions(summary)
+    seeds = max((int(r["n_seeds"]) for r in summary), default=0)
+    table = Table(title=f"{metric}, {protocol or 'all protocols'} ({'mean ± sd over seeds' if seeds > 1 else 'one seed'}; bold: significantly best)")
     table.add_column("method")
     table.add_column("labels", justify="right")
     for reg in regions:
         table.add_column(reg, justify="right")
-    index = {(r["method"], r["budget"], r["region"], r["metric"]): r for r in summary}
-    fmt = ".1f" if metric.startswith("hd") else ".3f"  # millimetres need no more than 0.1
-    for m in sorted({r["method"] for r in summary}, key=lambda x: (x != "supervised", x)):
-        for b in sorted({r["budget"] for r in summary}):
+    index = {(r["method"], r["budget"], r["region"]): r for r in summary}
+    for m in ordered_methods(summary) + [UPPER_BOUND]:
+        for b in sorted({r["budget"] for r in summary if r["method"] == m}):
             cells = []
             for reg in regions:
-                r = index.get((m, b, reg, metric))
-                cells.append("—" if r is None else f"{r['mean']:{fmt}}" + (f" ± {r['std']:{fmt}}" if int(r["n_seeds"]) > 1 else ""))
+                r = index.get((m, b, reg))
+                text = "—" if r is None else fmt_mean_sd(r, metric)
+                cells.append(f"[bold]{text}[/]" if r is not None and r["significantly_best"] else text)
             table.add_row(m, str(b), *cells)
     return table
 
 
 def read_summary(out: str | PathLike) -> list[dict]:
-    """Rows of OUT/summary.csv with numbers parsed."""
+    """Rows of OUT/summary.csv with numbers parsed (None where a column does not apply)."""
     rows = read_csv(Path(out) / "summary.csv")
     for r in rows:
-        r["budget"] = int(r["budget"])
-        for k in ("mean", "std"):
-            r[k] = float(r[k])
+        for k, v in r.items():
+            if k in ("method", "protocol", "region", "metric"):
+                continue
+            if k == "best_other":
+                r[k] = v or None
+            elif k == "significantly_best":
+                r[k] = v == "True"
+            elif v in ("", None):
+                r[k] = None
+            else:
+                r[k] = int(v) if k in ("budget", "n_seeds", "n_values", "n_patients", "n_empty", "n_misses") or k.endswith("_n") else float(v)
     return rows
 

@@ -2,7 +2,7 @@
 
 It owns the device, DDP wrapping, bf16 autocast on GPUs, the optimiser and learning-rate
 schedule, gradient clipping, checkpoints every K steps (atomic), exact resume, the progress bar
-(loss, images/s, ETA), ``train_log.csv`` and the loss curve. Per-step randomness is re-seeded from
+(loss, images/s, ETA), ``train_log.csv``, the loss curve and the run's wall time (``timing.json``). Per-step randomness is re-seeded from
 (seed, step, rank), so a resumed run continues as if it had never stopped.
 """
 
@@ -22,7 +22,7 @@ from semiseg.progress import progress_bar
 from semiseg.training.checkpoint import fit_state_dict, latest_checkpoint, load_model_state, load_training_state, save_checkpoint
 from semiseg.training.context import Trainable, TrainContext
 from semiseg.training.distributed import all_reduce_mean, barrier
-from semiseg.training.log import CsvLog, plot_loss_curve
+from semiseg.training.log import TIMING_FILE, CsvLog, WallClock, plot_loss_curve
 
 LOG_FILE = "train_log.csv"
 CURVE_FILE = "loss_curve.png"
@@ -86,6 +86,10 @@ def fit(method: Trainable, ctx: TrainContext, resume: bool = False) -> int:
     """
     cfg = method.config["train"]
     info, device, total = ctx.info, ctx.device, ctx.total_steps
+    clock = None
+    if info.main:  # from the start: a method's set-up (e.g. feature extraction) is part of its cost
+        cuda = torch.version.cuda if device.type == "cuda" else None
+        clock = WallClock(ctx.run_dir / TIMING_FILE, "train", device=str(device), processes=info.world, torch=torch.__version__, cuda=cuda)
     method.to(device)
     method.setup(ctx)
     params = method.trainable_parameters()
@@ -98,6 +102,8 @@ def fit(method: Trainable, ctx: TrainContext, resume: bool = False) -> int:
             fit_state_dict(method, {k: v.to(device) for k, v in load_model_state(folder).items()}, folder)
             start = load_training_state(folder, optimizer, scheduler)
     ctx.start_step, ctx.resumed = start, resume
+    if clock is not None:
+        clock.tick(first_step=start, last_step=start)
     model: torch.nn.Module = method
     if info.distributed:
         model = DistributedDataParallel(
@@ -118,7 +124,7 @@ def fit(method: Trainable, ctx: TrainContext, resume: bool = False) -> int:
     t_window = time.perf_counter()
 
     with progress_bar(info.main) as bar:
-        task = bar.add_task(method.name, total=total, completed=start, info="")
+        task = bar.add_task(method.name, total=total, completed=start, info="", unit="step", every=log_every)
         for step in range(start, total):
             seed_step(ctx.seed, step, info.rank)
             method.train()
@@ -156,6 +162,8 @@ def fit(method: Trainable, ctx: TrainContext, resume: bool = False) -> int:
                     log.write({"step": done, "lr": scheduler.get_last_lr()[0], "images_per_s": round(rate, 3), **means})
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in list(means.items())[:4])
                 bar.update(task, info=f"{shown}, {rate:.1f} img/s")
+                if clock is not None:
+                    clock.tick(last_step=done)
                 sums, counts, images, t_window = {}, {}, 0, time.perf_counter()
             bar.update(task, completed=done)
             if done % ckpt_every == 0 or done == total:
@@ -165,4 +173,6 @@ def fit(method: Trainable, ctx: TrainContext, resume: bool = False) -> int:
     method.finish()
     if info.main and (ctx.run_dir / LOG_FILE).exists():
         plot_loss_curve(ctx.run_dir / LOG_FILE, ctx.run_dir / CURVE_FILE, title=method.name)
+    if clock is not None:
+        clock.tick(last_step=total)
     return total
