@@ -152,7 +152,8 @@ def study_provenance(study: Any, cache: Cache, jobs: list[tuple[str, int, int]],
             config = {k: v for k, v in record.config.items() if k != "ddpm"}  # the DDPM is described once, below
             method = get_method(record.method)  # m may be a guided label such as embedmatch+hybrid
             entry = methods.setdefault(name, {"method": record.method, "preset": record.preset, "config": config,
-                                              "semi_supervised": method.semi_supervised, "uses_ddpm": method.needs_ddpm, "unlabelled_test_images": False, "runs_with_other_config": []})
+                                              "semi_supervised": method.semi_supervised, "uses_ddpm": method.needs_ddpm,
+                                              "unlabelled_test_images": False, "runs_with_other_config": []})
             entry["unlabelled_test_images"] |= transductive
             if config != entry["config"]:
                 entry["runs_with_other_config"].append(str(folder.relative_to(out)))
