@@ -32,7 +32,7 @@ from semiseg.training.checkpoint import (
     save_checkpoint,
 )
 from semiseg.training.context import Trainable, TrainContext
-from semiseg.training.distributed import all_reduce_mean, barrier
+from semiseg.training.distributed import DistInfo, all_reduce_mean, barrier
 from semiseg.training.log import CsvLog, plot_loss_curve
 
 LOG_FILE = "train_log.csv"
@@ -90,6 +90,15 @@ def autocast_for(precision: Any, device: torch.device) -> tuple[Any, torch.amp.G
     return torch.autocast(device.type, dtype=dtype), scaler
 
 
+def check_loop_settings(cfg: dict[str, Any]) -> None:
+    """Check the ``train`` settings the loop reads at its start, so a bad value is refused before
+    a run folder is created."""
+    autocast_for(cfg.get("precision", "auto"), torch.device("cpu"))
+    resolve_workers(cfg.get("workers", "auto"), torch.device("cpu"), DistInfo())
+    if not isinstance(cfg.get("prefetch", 2), int) or isinstance(cfg.get("prefetch", 2), bool) or cfg.get("prefetch", 2) < 1:
+        raise SemisegInputError(None, f"train.prefetch must be a positive number of batches, got {cfg.get('prefetch')!r}")
+
+
 def seed_step(seed: int, step: int, rank: int) -> None:
     """Seed torch's global generator (dropout, noise) from (seed, step, rank)."""
     torch.manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
@@ -140,7 +149,7 @@ def fit(method: Trainable, ctx: TrainContext, resume: bool = False) -> int:
     maker = method.batch_maker()
     workers = resolve_workers(cfg.get("workers", "auto"), device, info) if maker is not None else 0
     batches = step_loader(
-        maker or method.next_batch, start, total, workers, int(cfg.get("prefetch", 2) or 2), pin_memory=device.type == "cuda"
+        maker or method.next_batch, start, total, workers, int(cfg.get("prefetch", 2)), pin_memory=device.type == "cuda"
     )
     log_every = int(cfg.get("log_every", 50))
     ckpt_every = int(cfg.get("checkpoint_every", 500))
