@@ -289,6 +289,29 @@ def sweep(
     typer.echo(f"report: {report}")
 
 
+@app.command("export-nnunet")
+def export_nnunet(
+    source: Annotated[Path, typer.Argument(help="A run folder, or a study (its YAML file or its folder).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write Dataset<ID>_<NAME>/ into (e.g. $nnUNet_raw).")],
+    dataset_id: Annotated[int, typer.Option("--id", help="nnU-Net dataset ID; a study's datasets count up from it.")] = 500,
+    name: Annotated[Optional[str], typer.Option("--name", help="Dataset name (default: the run's or study's folder name).")] = None,
+    budgets: Annotated[Optional[str], typer.Option("--budgets", help="Study only: these label budgets (default: all).")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Study only: these seeds (default: all).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing datasets.")] = False,
+) -> None:
+    """Write a run's labelled items (a study's, per budget and seed) as nnU-Net v2 raw data, with the test patients held out."""
+    from semiseg.errors import SemisegInputError
+    from semiseg.studies.export import export_source
+
+    try:
+        ints = lambda v: [int(x) for x in _csv(v)] if v else None  # noqa: E731
+        chosen_budgets, chosen_seeds = ints(budgets), ints(seeds)
+    except ValueError:
+        raise SemisegInputError(None, f"--budgets/--seeds: expected comma-separated integers, got {budgets or seeds!r}") from None
+    for export in export_source(source, out, dataset_id, name, chosen_budgets, chosen_seeds, overwrite):
+        typer.echo(f"{export.folder}: {len(export.training)} labelled {'slices' if export.dims == 2 else 'cases'}, {len(export.test)} test patients")
+
+
 @app.command()
 def patient(
     case: Annotated[Path, typer.Argument(help="One case folder (BraTS naming) with its label file.")],

@@ -94,7 +94,7 @@ def _overlays(study: Any, cache: Cache, keep: list[tuple[str, int]], budget: int
         return None
     seed = study.seeds[0]
     preds = {}
-    for m in study.methods:
+    for m in study.method_names():
         f = Path(study.out) / "runs" / m / f"n{budget}-s{seed}" / "test_overlays.npz"
         if f.exists():
             with np.load(f, allow_pickle=False) as z:
@@ -112,11 +112,11 @@ def _overlays(study: Any, cache: Cache, keep: list[tuple[str, int]], budget: int
             gt = np.asarray(cache.volume_label(cid)[:, :, z])
             title = f"{cid} z {z}"
         row = {"image": image, "title": title, "ground truth": gt}
-        for m in study.methods:
+        for m in study.method_names():
             if key in preds.get(m, {}):
                 row[m] = preds[m][key]
         rows.append(row)
-    columns = ["ground truth"] + [m for m in study.methods if all(m in r for r in rows)]
+    columns = ["ground truth"] + [m for m in study.method_names() if all(m in r for r in rows)]
     return figures.overlay_grid(rows, columns, out)
 
 
@@ -151,7 +151,7 @@ def write_report(study: Any, cache: Cache, summary: list[dict], keep: list[tuple
         ("evaluated", (f"{n_test_items} of each test patient" if primary == "central_slices" else "each test patient's volume")
          + (", and every test patient's whole volume (below)" if any(r["protocol"] != primary for r in everything) else "")),
         ("slice size" if study.dims == 2 else "dimensions", f"{cache.slice_size} px" if study.dims == 2 else "3D patches"),
-        ("methods", ", ".join(study.methods)),
+        ("methods", ", ".join(study.method_names())),
         ("unlabelled data", "training patients' and test patients' images (transductive, as in the diffusion paper)" if study.transductive
          else "training patients' images only (inductive: no test image is used in training)"),
         (unit, ", ".join(str(b) for b in budgets)),
