@@ -242,6 +242,55 @@ for _m in ("supervised", "ddpm-pixel", "ddpm-finetune", "mean-teacher", "embedma
     BENCHES[f"train-{_m}"] = (lambda m: lambda tmp: _train_seconds_per_method(tmp, m))(_m)
 
 
+#: (method, dims, extra settings) of the data-wait benchmarks: every method at the small preset, and
+#: 3D patches, where building a batch (cropping, foreground sampling, augmentation) costs most
+DATA_WAIT = {
+    "ddpm": ("ddpm", 2, []),
+    "supervised": ("supervised", 2, []),
+    "supervised-3d": ("supervised", 3, ["patch_size=[64,64,64]", "train.batch_size=2"]),
+    "ddpm-pixel": ("ddpm-pixel", 2, []),
+    "ddpm-finetune": ("ddpm-finetune", 2, []),
+    "mean-teacher": ("mean-teacher", 2, []),
+    "embedmatch": ("embedmatch", 2, []),
+    "embedmatch-3d": ("embedmatch", 3, ["patch_size=[64,64,64]", "train.batch_size=2", "uncertainty.passes=4", "teacher.warmup=0.0"]),
+}
+
+
+def _data_wait(tmp: Path, name: str, steps: int = 40) -> dict[str, Any]:
+    """The share of a training step spent waiting for its batch, with batches built in the training
+    process (0 workers) and by 2 DataLoader workers: the loop's ``data_wait_share`` of the second half
+    of the steps (the first half includes start-up: DDPM features, worker processes)."""
+    from semiseg.runs import train
+    from semiseg.training.log import read_log
+
+    method, dims, extra = DATA_WAIT[name]
+    cache = prepared(tmp, 20, 64)
+    ddpm = _ddpm_run(tmp, cache, "ddpm-small", "small", ["train.steps=50"]) if method.startswith("ddpm-") else None
+    out: dict[str, Any] = {"what": f"{name}: share of a step waiting for data, small preset, 64 px" + (", 64^3 patches" if dims == 3 else "")}
+    total = 0.0
+    for workers in (0, 2):
+        run = tmp / f"wait-{name}-w{workers}"
+        shutil.rmtree(run, ignore_errors=True)
+        settings = extra + [f"train.steps={steps}", f"train.log_every={steps // 2}", f"train.checkpoint_every={steps}", f"train.workers={workers}"]
+        if method != "ddpm":
+            settings.append(f"dims={dims}")
+        t = time.perf_counter()
+        if method == "ddpm":
+            train(cache, "ddpm", run, preset="small", overrides=settings)
+        else:
+            train(cache, method, run, preset="small", overrides=settings, n_labelled=2 if dims == 3 else 10, ddpm_run=ddpm)
+        total += time.perf_counter() - t
+        last = read_log(run / "train_log.csv")[-1]
+        out[f"wait_share_w{workers}"] = last["data_wait_share"]
+        out[f"images_per_s_w{workers}"] = last["images_per_s"]
+    out["seconds"] = total
+    return out
+
+
+for _n in DATA_WAIT:
+    BENCHES[f"data-wait-{_n}"] = (lambda n: lambda tmp: _data_wait(tmp, n))(_n)
+
+
 def _embedmatch_step(tmp: Path, patch: int) -> dict[str, Any]:
     cache = prepared(tmp, 10, 64)
     r = _train_speed(tmp, "embedmatch", "default", ["dims=3", f"patch_size=[{patch},{patch},{patch}]", "teacher.warmup=0.0",
@@ -318,6 +367,9 @@ def table(results: dict[str, Any]) -> str:
         for key, label in (("seconds_per_case", "s/case"), ("seconds_per_volume", "s/volume"), ("seconds_per_step", "s/step")):
             if key in r:
                 extra.append(f"{r[key]:.2f} {label}")
+        if "wait_share_w0" in r:
+            extra.append(f"waits {100 * r['wait_share_w0']:.0f}% of a step (0 workers), {100 * r['wait_share_w2']:.0f}% (2 workers); "
+                         f"{r['images_per_s_w0']:.1f} vs {r['images_per_s_w2']:.1f} img/s")
         lines.append(f"| {name} | {r['what']} | {r['seconds']:.1f} s | {', '.join(extra)} | {r['peak_rss_mb']:.0f} MB |")
     return "\n".join(lines)
 

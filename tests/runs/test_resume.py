@@ -1,5 +1,7 @@
 """A DDPM pretraining killed with SIGKILL midway, then resumed, ends where an uninterrupted run
-ends: same step, same weights, a continuous log, and a wall time summed over both parts."""
+ends: same step, same weights, a continuous log. The killed run builds its batches in two
+DataLoader worker processes, the uninterrupted one in the training process: exact resume holds
+with workers, and workers change nothing; the wall time is summed over both parts."""
 
 import os
 import signal
@@ -21,8 +23,8 @@ SETTINGS = [s for s in TINY_DDPM if not s.startswith(("train.steps", "train.chec
 SETTINGS += ["train.steps=30", "train.checkpoint_every=5", "train.log_every=1"]
 
 
-def cli(*args: str) -> list[str]:
-    cmd = [sys.executable, "-m", "semiseg", *args]
+def cli(*args: str, workers: int = 0) -> list[str]:
+    cmd = [sys.executable, "-m", "semiseg", *args, "--set", f"train.workers={workers}"]
     for s in SETTINGS:
         cmd += ["--set", s]
     return cmd
@@ -37,7 +39,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_cache: Path, tmp_pat
     subprocess.run(cli("pretrain", str(tiny_cache), "--out", str(straight), "--preset", "small"), check=True, env=env())
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(cli("pretrain", str(tiny_cache), "--out", str(run), "--preset", "small"), env=env())
+    proc = subprocess.Popen(cli("pretrain", str(tiny_cache), "--out", str(run), "--preset", "small", workers=2), env=env())
     deadline = time.time() + 120
     while time.time() < deadline:
         ckpt = latest_checkpoint(run) if (run / "latest.json").exists() else None
@@ -52,7 +54,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_cache: Path, tmp_pat
     (killed,) = read_timing(run / TIMING_FILE)
     assert killed["first_step"] == 0 and killed["last_step"] >= killed_at and killed["seconds"] > 0
 
-    subprocess.run(cli("pretrain", str(tiny_cache), "--out", str(run), "--preset", "small", "--resume"), check=True, env=env())
+    subprocess.run(cli("pretrain", str(tiny_cache), "--out", str(run), "--preset", "small", "--resume", workers=2), check=True, env=env())
     assert latest_checkpoint(run).name == "step-00000030"
     first, resumed = read_timing(run / TIMING_FILE)
     assert first["seconds"] >= killed["seconds"] and first["last_step"] == killed["last_step"]  # the killed part is kept

@@ -321,3 +321,50 @@ def test_example_studies_load(name: str):
 
     study = load_study(ROOT / "examples" / name)
     assert study.seeds == [0, 1, 2] and Path(study.out).parent.resolve() == ROOT
+
+
+def test_external_method_is_scored_and_reported(finished: Path, tiny_cache: Path, tmp_path: Path):
+    """nnU-Net's part simulated: export the study with `export-nnunet`, write "predictions" for
+    every exported test stack on its grid (here the ground truth, so the scores are known), add
+    them as an external method and sweep again: nothing is retrained, and the external method is
+    in results, summary and report like the others."""
+    import nibabel as nib
+
+    from semiseg.preprocess.cache import Cache
+    from semiseg.studies.export import read_export_info
+
+    out = tmp_path / "straight"
+    shutil.copytree(finished, out)
+    spec = yaml.safe_load(study_file(tmp_path, tiny_cache, "straight", ["supervised", "mean-teacher", "ddpm-finetune"]).read_text())
+    env = {**os.environ, "SEMISEG_PROGRESS": "0"}
+    r = subprocess.run([sys.executable, "-m", "semiseg", "export-nnunet", str(tmp_path / "straight.yaml"), "--out", str(tmp_path / "raw")],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    cache = Cache(tiny_cache)
+    for dataset in sorted((tmp_path / "raw").iterdir()):
+        budget, seed = dataset.name.split("_n")[1].split("_s")
+        preds = tmp_path / "nnunet" / f"n{budget}-s{seed}"
+        preds.mkdir(parents=True)
+        for case in read_export_info(dataset)["test"]:
+            image = nib.load(str(dataset / "imagesTs" / f"{case}_0000.nii.gz"))
+            labels = np.moveaxis(np.asarray(cache.slice_labels(case)), 0, -1)  # on the exported (S, S, Z) grid
+            nib.save(nib.Nifti1Image(labels, image.affine), str(preds / f"{case}.nii.gz"))
+    spec["external"] = {"nnunet": {"predictions": "nnunet/n{budget}-s{seed}", "space": "export"}}
+    (tmp_path / "straight.yaml").write_text(yaml.safe_dump(spec))
+    done_before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/test_metrics.csv")}
+    proc = sweep(tmp_path / "straight.yaml")
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    assert all(p.stat().st_mtime_ns == t for p, t in done_before.items())  # no run redone
+    results, summary = read(out / "results.csv"), read(out / "summary.csv")
+    ours = [r for r in results if r["method"] == "nnunet"]
+    assert len(ours) == len([r for r in results if r["method"] == "supervised"])
+    perfect = [s for s in summary if s["method"] == "nnunet" and s["metric"] == "dice" and s["protocol"] in ("central_slices", "volume")]
+    assert perfect and all(float(s["mean"]) == 1.0 for s in perfect)
+    assert "nnunet" in (out / "report.html").read_text()
+    # a missing prediction folder is found before any training
+    spec.update(out="other", external={"nnunet": {"predictions": "nowhere/n{budget}-s{seed}"}})
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(spec))
+    r = subprocess.run([sys.executable, "-m", "semiseg", "sweep", str(tmp_path / "other.yaml")], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "prediction folder for budget 2, seed 0 not found" in r.stderr
+    assert not (tmp_path / "other").exists()

@@ -17,7 +17,7 @@ from semiseg.errors import SemisegInputError
 from semiseg.methods.base import Method, make_ema, register
 from semiseg.models.diffusion import build_sampler, build_scheduler, build_unet
 from semiseg.preprocess.cache import DataInfo
-from semiseg.training.batches import SliceSource, Stream, step_rng
+from semiseg.training.batches import DiffusionBatches, SliceSource, Stream
 from semiseg.training.checkpoint import EMA_PREFIX, fit_state_dict, latest_checkpoint, load_model_state
 from semiseg.training.context import TrainContext
 
@@ -85,19 +85,19 @@ class DDPM(Method):
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
         items = ctx.plan.unlabelled_items(ctx.cache)
-        self.source = SliceSource(ctx.cache, items, labelled=False)
-        self.stream = Stream(len(items), int(self.config["train"]["batch_size"]), ctx.seed, ctx.info)
+        source = SliceSource(ctx.cache, items, labelled=False)
+        stream = Stream(len(items), int(self.config["train"]["batch_size"]), ctx.seed, ctx.info)
+        # cached slices are (C, x, y) in RAS order: x runs left-right, so a left-right mirror
+        # (the reference's horizontal flip of a radiological view) flips axis -2; flipping y
+        # would show brains mirrored front to back, which never occur at test time
+        hflip = bool(self.config["train"].get("hflip", True))
+        self._batches = DiffusionBatches(source, stream, self.scale, LEFT_RIGHT_AXIS if hflip else None, ctx.seed, ctx.info.rank)
+
+    def batch_maker(self) -> DiffusionBatches:
+        return self._batches
 
     def next_batch(self, step: int) -> dict[str, torch.Tensor]:
-        assert self.ctx is not None
-        x = self.source.load(self.stream.indices(step))["image"] / self.scale
-        if self.config["train"].get("hflip", True):
-            # cached slices are (C, x, y) in RAS order: x runs left-right, so a left-right mirror
-            # (the reference's horizontal flip of a radiological view) flips axis -2; flipping y
-            # would show brains mirrored front to back, which never occur at test time
-            flip = step_rng(self.ctx.seed, step, self.ctx.info.rank).random(len(x)) < 0.5
-            x[torch.from_numpy(flip)] = torch.flip(x[torch.from_numpy(flip)], dims=[LEFT_RIGHT_AXIS])
-        return {"image": x}
+        return self._batches(step)
 
     def forward(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         x = batch["image"]

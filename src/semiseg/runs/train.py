@@ -23,7 +23,7 @@ from semiseg.runs.record import CONFIG, RunRecord, read_run_record
 from semiseg.training.checkpoint import fit_state_dict, latest_checkpoint, latest_step, load_model_state
 from semiseg.training.context import TrainContext
 from semiseg.training.distributed import barrier, init_distributed, pick_device
-from semiseg.training.loop import fit
+from semiseg.training.loop import check_loop_settings, fit
 from semiseg.training.plan import make_plan
 
 
@@ -99,6 +99,7 @@ def train(
     else:
         cache = Cache(cache_dir)
         config = load_config(cls.config_files, preset, config_file, overrides)
+        check_loop_settings(config["train"])  # before the run folder exists
         if cls.needs_ddpm:
             if ddpm_run is None:
                 raise SemisegInputError(None, f"method {method_name!r} needs a pretrained DDPM: pass --ddpm RUN")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import semiseg
+from semiseg.files import read_json
 from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache
 from semiseg.runs.record import RunRecord, read_run_record
@@ -144,6 +145,10 @@ def study_provenance(study: Any, cache: Cache, jobs: list[tuple[str, int, int]],
     for label_jobs, label in ((jobs, None), (upper, UPPER_BOUND)):
         for m, b, s in label_jobs:
             folder = run_path(out, m, b, s)
+            if (folder / "external.json").exists():  # scored predictions made outside semiseg: no run record
+                methods.setdefault(m, {"method": m, "preset": None, "config": read_json(folder / "external.json"), "semi_supervised": False,
+                                       "uses_ddpm": False, "unlabelled_test_images": False, "runs_with_other_config": []})
+                continue
             record = read_run_record(folder)
             name = label or m
             transductive = uses_test_images(record)

@@ -275,7 +275,7 @@ def _overlays(study: Any, cache: Cache, keep: list[tuple[str, int]], budget: int
 
     seed = study.seeds[0]
     preds = {}
-    for m in study.methods:
+    for m in study.method_names():
         f = run_path(study.out, m, budget, seed) / OVERLAY_PREDICTIONS
         if f.exists():
             with np.load(f, allow_pickle=False) as z:
@@ -293,11 +293,11 @@ def _overlays(study: Any, cache: Cache, keep: list[tuple[str, int]], budget: int
             gt = np.asarray(cache.volume_label(cid)[:, :, z])
             title = f"{cid}\nz {z} (cropped)"
         row = {"image": image, "title": title, "ground truth": gt}
-        for m in study.methods:
+        for m in study.method_names():
             if key in preds.get(m, {}):
                 row[m] = preds[m][key]
         rows.append(row)
-    columns = ["ground truth"] + [m for m in study.methods if all(m in r for r in rows)]
+    columns = ["ground truth"] + [m for m in study.method_names() if all(m in r for r in rows)]
     caption = f"{OVERLAY_CAPTION}; {cache.modalities[channel]} image; predictions of seed {seed} with {budget} labels."
     return figures.overlay_grid(rows, columns, out, cache.scheme.class_names[1:], caption)
 
@@ -389,7 +389,7 @@ def write_report(
         ("evaluated", (f"{n_test_items} of each test patient" if primary == "central_slices" else "each test patient's volume")
          + (", and every test patient's whole volume (below)" if len(found_protocols) > 1 else "")),
         ("slice size" if study.dims == 2 else "dimensions", f"{cache.slice_size} px" if study.dims == 2 else "3D patches"),
-        ("methods", ", ".join(study.methods) + (f"; upper bound: {BASELINE} on all labelled training data" if study.upper_bound else "")),
+        ("methods", ", ".join(study.method_names()) + (f"; upper bound: {BASELINE} on all labelled training data" if study.upper_bound else "")),
         ("unlabelled data", "training patients' and test patients' images (transductive, as in the diffusion paper)" if study.transductive
          else "training patients' images only (inductive: no test image is used in training)"),
         (unit, ", ".join(str(b) for b in budgets)),

@@ -7,6 +7,7 @@ Layout of a study folder::
     OUT/cache/                the prepared data (unless the study names an existing cache)
     OUT/ddpm/                 the shared DDPM pretraining run (diffusion methods)
     OUT/runs/<method>/n<budget>-s<seed>/   one run folder each, with test_metrics.csv when finished
+                              (external methods: just their scores, recomputed on every sweep)
     OUT/results.csv           one row per test slice (or case) x region x metric x method x budget x seed
     OUT/summary.csv           per method x budget x protocol x region x metric: mean and standard deviation
                               over seeds, what was scored, paired comparisons (semiseg.studies.stats)
@@ -19,6 +20,11 @@ Layout of a study folder::
 A run counts as finished once its ``test_metrics.csv`` exists (written atomically after training
 and testing); an interrupted run is resumed from its last checkpoint, which continues exactly, so
 a restarted sweep redoes nothing and ends with the results an uninterrupted one would have.
+
+``external`` methods (predictions made by another tool, e.g. nnU-Net trained on ``semiseg
+export-nnunet``'s datasets; see :mod:`semiseg.studies.external`) are scored by the same
+evaluation and appear in the same tables, plots and report. Their folders are checked before any
+training starts.
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from semiseg.config import read_yaml_file
 from semiseg.errors import SemisegInputError
 from semiseg.files import read_csv, write_csv, write_json
 from semiseg.methods.base import get_method
@@ -85,9 +91,20 @@ class Study:
     #: {strategy: hybrid, rounds: [2, 5, 10]}
     selection: dict[str, Any] | None = None
     upper_bound: bool = False
+    #: predictions made outside semiseg: name -> {predictions: folder template, space: export|original}
+    external: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def method_overrides(self, method: str) -> list[str]:
         return list(self.settings.get("all", [])) + list(self.settings.get(method, []))
+
+    def external_methods(self) -> list[Any]:
+        from semiseg.studies.external import ExternalMethod
+
+        return [ExternalMethod(name, spec["predictions"], spec.get("space", "export")) for name, spec in self.external.items()]
+
+    def method_names(self) -> list[str]:
+        """Every method the study reports: its own, then the external ones."""
+        return list(self.methods) + list(self.external)
 
 
 def load_study(path: str | PathLike | None = None, **values: Any) -> Study:
@@ -98,10 +115,9 @@ def load_study(path: str | PathLike | None = None, **values: Any) -> Study:
         path = Path(path)
         if not path.is_file():
             raise SemisegInputError(path, "study file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SemisegInputError(path, f"is not valid YAML ({str(exc).splitlines()[0]})") from None
+        raw = read_yaml_file(path, "study file") or {}
+        if not isinstance(raw, dict):
+            raise SemisegInputError(path, "a study file must hold a mapping of settings (out, data, methods, budgets, ...)")
         base = path.parent
     raw.update({k: v for k, v in values.items() if v is not None})
     known = set(Study.__dataclass_fields__)
@@ -120,6 +136,17 @@ def load_study(path: str | PathLike | None = None, **values: Any) -> Study:
     if ddpm.get("run") and not Path(ddpm["run"]).is_absolute():
         ddpm["run"] = str(base / ddpm["run"])
     raw["ddpm"] = ddpm
+    from semiseg.studies.external import ExternalMethod
+
+    external = raw.get("external") or {}
+    if not isinstance(external, dict):
+        raise SemisegInputError(path, f"external must map method names to prediction folders, got {external!r}")
+    for name, spec in list(external.items()):
+        if name in (raw.get("methods") or []):
+            raise SemisegInputError(path, f"external method {name!r} has the name of one of the study's methods")
+        ext = ExternalMethod.parse(str(name), spec, base, path)
+        external[name] = {"predictions": ext.predictions, "space": ext.space}
+    raw["external"] = external
     study = Study(**raw)
     for m in study.methods:
         get_method(m)
@@ -197,6 +224,33 @@ def overlay_slices(cache: Cache, test: list[str], count: int, dims: int) -> list
 def run_path(out: str | PathLike, method: str, n_labelled: int, seed: int) -> Path:
     """The run folder of one method x label budget x seed in a study folder."""
     return Path(out) / "runs" / method / f"n{n_labelled}-s{seed}"
+
+
+def study_plan(study: Study, cache: Cache, n_labelled: int, seed: int):
+    """The data plan a run of the study with ``n_labelled`` labels and ``seed`` trains on."""
+    from semiseg.training.plan import make_plan
+
+    return make_plan(cache, study.dims, n_labelled, seed, transductive=study.transductive)
+
+
+def score_external(study: Study, cache: Cache, method: Any, n_labelled: int, seed: int, keep: list[tuple[str, int]]) -> Path:
+    """Score an external method's predictions for one budget and seed into its run folder (as
+    ``test_metrics.csv`` and overlays, like a trained run); recomputed on every sweep, since the
+    predictions may have been remade."""
+    from semiseg.studies.external import class_maps
+    from semiseg.studies.holdout import score_class_maps
+
+    run = run_path(study.out, method.name, n_labelled, seed)
+    test = cache.ids("test")
+    maps = class_maps(method, cache, n_labelled, seed, test, study.dims)
+    rows, kept = score_class_maps(
+        cache, test, study.dims, lambda cid, zs: maps[cid], study.test_slices_per_case, keep, study.postprocess, study.whole_volume
+    )
+    run.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(run / OVERLAY_PREDICTIONS, **{k.replace(":", "@"): v for k, v in kept.items()})
+    write_json(run / "external.json", {"predictions": str(method.folder(n_labelled, seed)), "space": method.space})
+    write_csv(run / TEST_METRICS, rows, TEST_FIELDS)
+    return run
 
 
 def run_one(study: Study, cache: Cache, method: str, n_labelled: int, seed: int, ddpm_run: Path | None, keep: list[tuple[str, int]],
@@ -303,12 +357,20 @@ def run_sweep(study: Study) -> Path:
     from semiseg.training.log import TIMING_FILE, WallClock
 
     out = Path(study.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "study.json", asdict(study))
-    clock = WallClock(out / TIMING_FILE, "sweep")
     cache = prepare_study_cache(study)
     if len(cache.ids("test")) == 0:
         raise SemisegInputError(cache.root, "has no test patients; prepare it with --test-fraction above 0")
+    externals = study.external_methods()
+    if externals:
+        from semiseg.studies.external import prediction_files
+
+        for ext in externals:  # before hours of training, not after
+            for b in study.budgets:
+                for s in study.seeds:
+                    prediction_files(ext, b, s, cache.ids("test"))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "study.json", asdict(study))
+    clock = WallClock(out / TIMING_FILE, "sweep")
     needs_ddpm = any(get_method(m).needs_ddpm for m in study.methods)
     ddpm_run = pretrain_study_ddpm(study, cache) if needs_ddpm else None
     keep = overlay_slices(cache, cache.ids("test"), study.overlays, study.dims)
@@ -322,6 +384,11 @@ def run_sweep(study: Study) -> Path:
             run_one(study, cache, m, b, s, ddpm_run, keep)
             clock.tick()
             bar.update(task, completed=i + 1)
+    for ext in externals:
+        for b in study.budgets:
+            for s in study.seeds:
+                score_external(study, cache, ext, b, s, keep)
+                jobs.append((ext.name, b, s))
     if study.selection:
         from semiseg.studies.active import run_guided
 
