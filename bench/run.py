@@ -7,6 +7,11 @@ command) and printed as the Markdown table the README's performance section show
     python bench/run.py                       # every benchmark
     python bench/run.py prepare evaluate      # some
     python bench/run.py --table               # print the table from results.json
+    REF_SRC=/path/to/braintumor-ddpm python bench/run.py ddpm-train-vs-ref-b8 features-vs-ref
+
+The ``*-vs-ref`` benchmarks run braintumor-ddpm (the reference code) beside semiseg in one process,
+alternating, so the ratio holds on a busy machine (bench/reference.py); they are skipped, saying
+why, when ``REF_SRC`` is not set.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +33,8 @@ from typing import Any, Callable
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.json"
 BENCHES: dict[str, Callable[[Path], dict[str, Any]]] = {}
+#: in the names of the benchmarks that run the reference code beside semiseg
+SIDE_BY_SIDE = "-vs-ref"
 
 
 def bench(fn: Callable[[Path], dict[str, Any]]) -> Callable[[Path], dict[str, Any]]:
@@ -37,6 +45,13 @@ def bench(fn: Callable[[Path], dict[str, Any]]) -> Callable[[Path], dict[str, An
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB (Linux reports kB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process so far: on a busy machine it grows with the work
+    done, where wall time also grows with the other jobs."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def phantom(tmp: Path, cases: int, shape=(128, 128, 96), spacing=1.5) -> Path:
@@ -198,10 +213,11 @@ def _predict_seconds(tmp: Path, method: str, preset: str, extra: list[str], ddpm
     volume = _brats_sized_volume(tmp)
     out = tmp / f"pred-{method}-{dims}d"
     shutil.rmtree(out, ignore_errors=True)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), cpu_seconds()
     predict(run, volume, out)
-    secs = time.perf_counter() - t
-    return {"what": f"predict one 240x240x155 volume, {method} ({preset} preset, {dims}D)", "seconds": secs, "seconds_per_volume": secs}
+    secs, cpu = time.perf_counter() - t, cpu_seconds() - cpu
+    return {"what": f"predict one 240x240x155 volume, {method} ({preset} preset, {dims}D)", "seconds": secs, "seconds_per_volume": secs,
+            "cpu_seconds": cpu}
 
 
 @bench
@@ -242,6 +258,55 @@ for _m in ("supervised", "ddpm-pixel", "ddpm-finetune", "mean-teacher", "embedma
     BENCHES[f"train-{_m}"] = (lambda m: lambda tmp: _train_seconds_per_method(tmp, m))(_m)
 
 
+#: (method, dims, extra settings) of the data-wait benchmarks: every method at the small preset, and
+#: 3D patches, where building a batch (cropping, foreground sampling, augmentation) costs most
+DATA_WAIT = {
+    "ddpm": ("ddpm", 2, []),
+    "supervised": ("supervised", 2, []),
+    "supervised-3d": ("supervised", 3, ["patch_size=[64,64,64]", "train.batch_size=2"]),
+    "ddpm-pixel": ("ddpm-pixel", 2, []),
+    "ddpm-finetune": ("ddpm-finetune", 2, []),
+    "mean-teacher": ("mean-teacher", 2, []),
+    "embedmatch": ("embedmatch", 2, []),
+    "embedmatch-3d": ("embedmatch", 3, ["patch_size=[64,64,64]", "train.batch_size=2", "uncertainty.passes=4", "teacher.warmup=0.0"]),
+}
+
+
+def _data_wait(tmp: Path, name: str, steps: int = 40) -> dict[str, Any]:
+    """The share of a training step spent waiting for its batch, with batches built in the training
+    process (0 workers) and by 2 DataLoader workers: the loop's ``data_wait_share`` of the second half
+    of the steps (the first half includes start-up: DDPM features, worker processes)."""
+    from semiseg.runs import train
+    from semiseg.training.log import read_log
+
+    method, dims, extra = DATA_WAIT[name]
+    cache = prepared(tmp, 20, 64)
+    ddpm = _ddpm_run(tmp, cache, "ddpm-small", "small", ["train.steps=50"]) if method.startswith("ddpm-") else None
+    out: dict[str, Any] = {"what": f"{name}: share of a step waiting for data, small preset, 64 px" + (", 64^3 patches" if dims == 3 else "")}
+    total = 0.0
+    for workers in (0, 2):
+        run = tmp / f"wait-{name}-w{workers}"
+        shutil.rmtree(run, ignore_errors=True)
+        settings = extra + [f"train.steps={steps}", f"train.log_every={steps // 2}", f"train.checkpoint_every={steps}", f"train.workers={workers}"]
+        if method != "ddpm":
+            settings.append(f"dims={dims}")
+        t = time.perf_counter()
+        if method == "ddpm":
+            train(cache, "ddpm", run, preset="small", overrides=settings)
+        else:
+            train(cache, method, run, preset="small", overrides=settings, n_labelled=2 if dims == 3 else 10, ddpm_run=ddpm)
+        total += time.perf_counter() - t
+        last = read_log(run / "train_log.csv")[-1]
+        out[f"wait_share_w{workers}"] = last["data_wait_share"]
+        out[f"images_per_s_w{workers}"] = last["images_per_s"]
+    out["seconds"] = total
+    return out
+
+
+for _n in DATA_WAIT:
+    BENCHES[f"data-wait-{_n}"] = (lambda n: lambda tmp: _data_wait(tmp, n))(_n)
+
+
 def _embedmatch_step(tmp: Path, patch: int) -> dict[str, Any]:
     cache = prepared(tmp, 10, 64)
     r = _train_speed(tmp, "embedmatch", "default", ["dims=3", f"patch_size=[{patch},{patch},{patch}]", "teacher.warmup=0.0",
@@ -258,6 +323,135 @@ def embedmatch_64(tmp: Path) -> dict[str, Any]:
 @bench
 def embedmatch_96(tmp: Path) -> dict[str, Any]:
     return _embedmatch_step(tmp, 96)
+
+
+# ---- side by side with the reference code (braintumor-ddpm; bench/reference.py) ----------------
+# Both sides run in one process, pinned to 2 threads, their steps alternating, so that a busy
+# machine slows both alike and the ratio holds; the first round warms up and is not counted.
+
+
+def _alternate(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function, calls alternating, after one warm-up round."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(rounds + 1):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t
+            print(f"round {i} {name}: {dt:.2f} s", file=sys.stderr, flush=True)
+            if i:
+                times[name].append(dt)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _brats_info(slice_size: int = 128) -> Any:
+    from semiseg.data.labels import get_scheme
+    from semiseg.preprocess.cache import DataInfo
+    from semiseg.preprocess.normalise import Normaliser
+
+    mods = ("t1", "t1ce", "t2", "flair")
+    return DataInfo(mods, {m: "MRI" for m in mods}, get_scheme("brats2021"), Normaliser(["MRI"] * 4), slice_size, "brats2021")
+
+
+def _ddpm_train_vs_ref(batch: int, rounds: int) -> dict[str, Any]:
+    """Training steps/s at the paper configuration: the reference's UNetModel with its own loss path
+    (uniform timestep sampler, GaussianDiffusion.training_losses) and AdamW, as its TrainLoop,
+    vs semiseg's DDPM method (its forward, its loop's optimiser), both fp32 at 128 px, 4 channels."""
+    import reference
+
+    if reference.missing_reason():
+        return {"skipped": reference.missing_reason()}
+    import torch
+
+    from semiseg.config import load_config
+    from semiseg.methods.ddpm import DDPM
+    from semiseg.training.loop import build_optimizer
+
+    torch.set_num_threads(2)
+    ref = reference.load_reference()
+    ours = DDPM(load_config(["ddpm"], "paper"), _brats_info())
+    n_ref, n_ours = (sum(p.numel() for p in m.parameters()) for m in (ref.model, ours.unet))
+    x = torch.rand(batch, 4, 128, 128) * 2 - 1
+    opt_ref = torch.optim.AdamW(ref.model.parameters(), lr=2e-4, weight_decay=0.0)
+    sampler = ref.uniform_sampler(ref.diffusion)
+    opt_ours = build_optimizer(ours.config["train"], ours.trainable_parameters())
+
+    def step_ref() -> None:
+        opt_ref.zero_grad(set_to_none=True)
+        t, w = sampler.sample(batch, "cpu")
+        (ref.diffusion.training_losses(ref.model, x, t)["loss"] * w).mean().backward()
+        opt_ref.step()
+
+    def step_ours() -> None:
+        opt_ours.zero_grad(set_to_none=True)
+        ours.forward({"image": x}, 0)[0].backward()
+        opt_ours.step()
+
+    ref.model.train()
+    ours.train()
+    secs = _alternate({"reference": step_ref, "semiseg": step_ours}, rounds)
+    speed = {k: batch / v for k, v in secs.items()}
+    return {"what": f"DDPM training, paper configuration ({n_ours / 1e6:.2f} M parameters; reference {n_ref / 1e6:.2f} M), "
+                    f"batch {batch}, fp32, 128 px: braintumor-ddpm vs semiseg, steps alternating in one process, 2 threads",
+            "images_per_s": {k: round(v, 3) for k, v in speed.items()},
+            "ratio_semiseg_over_reference": round(speed["semiseg"] / speed["reference"], 3), "batch": batch, "rounds": rounds,
+            "seconds": sum(secs.values()) * rounds}
+
+
+@bench
+def ddpm_train_vs_ref_b8(tmp: Path) -> dict[str, Any]:
+    return _ddpm_train_vs_ref(8, 4)
+
+
+@bench
+def ddpm_train_vs_ref_b32(tmp: Path) -> dict[str, Any]:
+    return _ddpm_train_vs_ref(32, 2)
+
+
+@bench
+def features_vs_ref(tmp: Path) -> dict[str, Any]:
+    """Seconds per slice of pixel-feature extraction: the reference's PixelClassifier.feature_extractor
+    (decoder blocks 16, 17, 18 at t = 200 of 4,000: 192 features) vs semiseg's ddpm-pixel at the same
+    blocks and timestep and at its default preset; the paper DDPM, no gradients, 128 px."""
+    import reference
+
+    if reference.missing_reason():
+        return {"skipped": reference.missing_reason()}
+    import torch
+
+    from semiseg.config import load_config
+    from semiseg.methods.ddpm_pixel import DDPMPixel
+
+    torch.set_num_threads(2)
+    ref = reference.load_reference()
+    layers, steps = [16, 17, 18], [200]
+    pc = ref.pixel_classifier(ddpm_model_path="fresh", layers=layers, time_steps=steps)
+    pc.initialize()
+    paper = load_config(["ddpm"], "paper")
+    ddpm = {"run": "-", "model": paper["model"], "diffusion": paper["diffusion"]}
+
+    def pixel(overrides: list[str]) -> DDPMPixel:
+        cfg = load_config(DDPMPixel.config_files, "default", overrides=overrides)
+        return DDPMPixel({**cfg, "ddpm": ddpm}, _brats_info())
+
+    same, default = pixel([f"blocks={layers}", f"timesteps={steps}"]), pixel([])
+    out: dict[str, Any] = {"features": {"reference": pc.in_features, "semiseg_same": same.num_features, "semiseg_default": default.num_features},
+                           "default_blocks": default.config["blocks"], "default_timesteps": default.config["timesteps"]}
+    total = 0.0
+    for batch, rounds in ((1, 3), (8, 2)):
+        x = torch.rand(batch, 4, 128, 128) * 2 - 1
+        with torch.no_grad():
+            secs = _alternate({"reference": lambda: pc.feature_extractor(x), "semiseg_same": lambda: same.pixel_features(x),
+                               "semiseg_default": lambda: default.pixel_features(x)}, rounds)
+        total += sum(secs.values()) * rounds
+        per = {k: v / batch for k, v in secs.items()}
+        out[f"batch{batch}"] = {"seconds_per_slice": {k: round(v, 4) for k, v in per.items()},
+                                "ratio_same_over_reference": round(per["semiseg_same"] / per["reference"], 3),
+                                "ratio_default_over_reference": round(per["semiseg_default"] / per["reference"], 3)}
+    out.update({"what": "pixel features of a 128 px slice, paper DDPM: braintumor-ddpm (blocks 16-18, t = 200) vs semiseg ddpm-pixel "
+                        "at the same blocks and timestep and at its default preset; calls alternating in one process, 2 threads",
+                "seconds": total})
+    return out
 
 
 def main() -> None:
@@ -302,6 +496,9 @@ def main() -> None:
             print(proc.stderr[-3000:], file=sys.stderr)
             sys.exit(f"benchmark {name} failed")
         result = json.loads(line[-1][len("RESULT "):])
+        if "skipped" in result:
+            print(f"skipped: {result['skipped']}")
+            continue
         result.update({"machine": machine, "command": f"python bench/run.py {name}", "date": time.strftime("%Y-%m-%d")})
         results[name] = result
         print(json.dumps(result, indent=1))
@@ -312,13 +509,36 @@ def main() -> None:
 def table(results: dict[str, Any]) -> str:
     lines = ["| benchmark | what | time | throughput | peak RSS |", "|---|---|---|---|---|"]
     for name, r in results.items():
+        if SIDE_BY_SIDE in name:
+            continue
         extra = []
         if "images_per_s" in r:
             extra.append(f"{r['images_per_s']:.1f} img/s")
         for key, label in (("seconds_per_case", "s/case"), ("seconds_per_volume", "s/volume"), ("seconds_per_step", "s/step")):
             if key in r:
                 extra.append(f"{r[key]:.2f} {label}")
+        if "wait_share_w0" in r:
+            extra.append(f"waits {100 * r['wait_share_w0']:.0f}% of a step (0 workers), {100 * r['wait_share_w2']:.0f}% (2 workers); "
+                         f"{r['images_per_s_w0']:.1f} vs {r['images_per_s_w2']:.1f} img/s")
+        if "cpu_seconds" in r:
+            extra.append(f"{r['cpu_seconds']:.0f} CPU s")
         lines.append(f"| {name} | {r['what']} | {r['seconds']:.1f} s | {', '.join(extra)} | {r['peak_rss_mb']:.0f} MB |")
+    lines += ["", "| side by side | reference | semiseg | semiseg / reference |", "|---|---|---|---|"]
+    for name, r in results.items():
+        if SIDE_BY_SIDE not in name:
+            continue
+        if "ratio_semiseg_over_reference" in r:
+            s = r["images_per_s"]
+            lines.append(f"| {name}: training, batch {r['batch']} | {s['reference']:.3f} img/s | {s['semiseg']:.3f} img/s | "
+                         f"{r['ratio_semiseg_over_reference']:.2f}x the speed |")
+            continue
+        for batch in ("batch1", "batch8"):
+            per = r[batch]["seconds_per_slice"]
+            f = r["features"]
+            lines.append(f"| {name}: {batch}, same {f['semiseg_same']} features | {per['reference']:.3f} s/slice | "
+                         f"{per['semiseg_same']:.3f} s/slice | {r[batch]['ratio_same_over_reference']:.2f}x the time |")
+            lines.append(f"| {name}: {batch}, default preset ({f['semiseg_default']} features) | {per['reference']:.3f} s/slice | "
+                         f"{per['semiseg_default']:.3f} s/slice | {r[batch]['ratio_default_over_reference']:.2f}x the time |")
     return "\n".join(lines)
 
 

@@ -69,6 +69,21 @@ def write_brats_case(
 
 
 
+def run_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """Run the real ``semiseg`` entry point in this process: (exit code, stdout, stderr)."""
+    import sys
+
+    from semiseg.cli import main
+
+    argv, sys.argv = sys.argv, ["semiseg", *args]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
 
 def tiny_cache_at(root: Path, modalities: list[str] | None = None) -> Path:
     """Write eight small labelled cases and one unlabelled one under root/data and prepare them
@@ -88,6 +103,16 @@ TINY = ["train.steps=4", "train.batch_size=2", "train.log_every=2", "train.check
 TINY_NET = ["network.features=[8,8,16,16,16,8]", "patch_size=[32,32,32]"]
 TINY_DDPM = ["train.steps=4", "train.batch_size=2", "train.log_every=2", "train.checkpoint_every=2",
              "model.base_channels=16", "model.norm_groups=8", "model.channel_mult=[1,2]", "model.attention_resolutions=[16]"]
+#: the DDPM's speed settings switched off: the plain path the fast one is checked against
+PLAIN_UNET = ["model.fast_attention=false", "model.channels_last=false"]
+
+
+def ddpm_block(overrides: list[str] | None = None) -> dict:
+    """The ``ddpm`` block a diffusion method gets from its DDPM run: the tiny model of TINY_DDPM."""
+    from semiseg.config import load_config
+
+    cfg = load_config(["ddpm"], "small", overrides=[s for s in TINY_DDPM if s.startswith("model.")] + (overrides or []))
+    return {"run": "-", "model": cfg["model"], "diffusion": cfg["diffusion"]}
 
 
 def data_info(modalities: tuple[str, ...] = ("t1",), scheme=None, slice_size: int = 32):

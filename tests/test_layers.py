@@ -1,6 +1,6 @@
 """The package's floors: imports only go down. A lower package never imports a higher one, so the
 pipeline reads from the folder tree (data -> preprocess -> models -> training -> methods -> runs
--> inference -> evaluation -> studies -> cli)."""
+-> inference -> evaluation -> selection -> studies -> cli)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ FLOORS = [
     {"runs"},
     {"inference"},
     {"evaluation"},
+    {"selection"},
     {"studies"},
     {"cli", "__main__"},
 ]

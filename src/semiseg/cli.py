@@ -1,6 +1,10 @@
 """The ``semiseg`` command: a thin typer layer. Each command parses its options, calls one library
 function and prints the result. Users' mistakes (SemisegInputError) become one line on stderr and
-exit code 2; library imports happen inside commands so ``semiseg --help`` stays instant."""
+exit code 2; library imports happen inside commands so ``semiseg --help`` stays instant.
+
+Spellings: options that count or list labelled data accept both ``labelled`` and ``labeled``
+(``--labelled``/``--labeled``, ``--unlabelled``/``--unlabeled``); ``-n`` is only ever ``--cases``.
+Help is click's plain layout: typer's rich panels print boolean flags as ``--resume <bool>``."""
 
 from __future__ import annotations
 
@@ -16,12 +20,16 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 PresetOpt = Annotated[str, typer.Option("--preset", "-p", help="Preset from the shipped config files (e.g. small).")]
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="Your YAML settings (see `semiseg config`).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override one setting, e.g. --set train.steps=200 (repeatable).")]
+TransductiveOpt = Annotated[
+    bool, typer.Option("--transductive", help="Also use the cache's test patients' images, unlabelled (as the diffusion paper's DDPM does).")
+]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1, mps (default: best available).")]
 
 
@@ -29,12 +37,29 @@ def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from semiseg import __version__
+
+        typer.echo(f"semiseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print semiseg's version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Label-efficient medical image segmentation: diffusion representations, embedding matching and their baselines."""
+
+
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to create (BraTS 2021 layout).")],
     cases: Annotated[int, typer.Option("--cases", "-n", help="Number of cases.")] = 20,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; same seed, same data.")] = 0,
-    unlabelled: Annotated[int, typer.Option("--unlabelled", help="How many of the cases get no seg file.")] = 0,
+    unlabelled: Annotated[int, typer.Option("--unlabelled", "--unlabeled", help="How many of the cases get no seg file.")] = 0,
     shape: Annotated[Optional[str], typer.Option("--shape", help="Volume shape X,Y,Z (default 128,128,96).")] = None,
     spacing: Annotated[Optional[float], typer.Option("--spacing", help="Isotropic voxel spacing in mm (default 1.5).")] = None,
 ) -> None:
@@ -56,7 +81,7 @@ def synth(
     if cases < 1:
         raise SemisegInputError(None, f"--cases must be at least 1, got {cases}")
     with progress_bar() as bar:
-        task = bar.add_task("synth", total=cases, info="")
+        task = bar.add_task("synth", total=cases, info="", unit="case")
         ids = phantom.write_phantom_dataset(
             out, cases, seed=seed, unlabelled=unlabelled, progress=lambda i, n: bar.update(task, completed=i), **kwargs
         )
@@ -87,7 +112,7 @@ def prepare(
         f"channels {', '.join(dataset.modalities)}, labels {dataset.scheme.name}"
     )
     with progress_bar() as bar:
-        task = bar.add_task("prepare", total=len(dataset.cases), info="")
+        task = bar.add_task("prepare", total=len(dataset.cases), info="", unit="case")
         cache = build_cache(
             dataset, out, slice_size=slice_size, dims=tuple(_csv(dims) or []), test_fraction=test_fraction,
             split_seed=split_seed, overwrite=overwrite, progress=lambda i, n: bar.update(task, completed=i),
@@ -108,11 +133,13 @@ def pretrain(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     device: DeviceOpt = None,
+    transductive: TransductiveOpt = False,
 ) -> None:
-    """Train an unconditional DDPM on every cached slice (labels unused). Runs under torchrun too."""
+    """Train an unconditional DDPM on every cached slice of the training patients (labels unused). Runs under torchrun too."""
     from semiseg.runs import train as run_train
 
-    run_train(cache, "ddpm", out, preset=preset, config_file=config, overrides=set_, seed=seed, resume=resume, device=device)
+    run_train(cache, "ddpm", out, preset=preset, config_file=config, overrides=set_, seed=seed, resume=resume, device=device,
+              transductive=transductive)
     typer.echo(f"run {out}")
 
 
@@ -134,13 +161,18 @@ def train(
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
     device: DeviceOpt = None,
+    transductive: TransductiveOpt = False,
+    negatives: Annotated[
+        int, typer.Option("--negatives", help="2D: also label this many lesion-free slices of the labelled patients as such (not counted in --labelled).")
+    ] = 0,
 ) -> None:
     """Train a segmentation method with few labels. Runs under torchrun too."""
     from semiseg.runs import train as run_train
 
     run_train(
         cache, method, out, preset=preset, config_file=config, overrides=set_, n_labelled=n_labelled,
-        labelled_items=_csv(labelled_items), seed=seed, ddpm_run=ddpm, resume=resume, device=device,
+        labelled_items=_csv(labelled_items), seed=seed, ddpm_run=ddpm, resume=resume, device=device, transductive=transductive,
+        negatives=negatives,
     )
     typer.echo(f"run {out}")
 
@@ -173,27 +205,34 @@ def predict(
 
 @app.command()
 def evaluate(
-    pred: Annotated[Path, typer.Argument(help="Folder of <case>.nii.gz predictions.")],
-    gt: Annotated[Path, typer.Argument(help="Ground truth: a dataset folder or a folder of <case>.nii.gz labels.")],
+    gt: Annotated[Optional[Path], typer.Option("--gt", help="Ground truth: a dataset folder (BraTS, nnU-Net) or a folder of <case> label maps.")] = None,
+    pred: Annotated[Optional[Path], typer.Option("--pred", help="Folder of <case> predictions (NIfTI, .mha or .nrrd).")] = None,
     scheme: Annotated[Optional[str], typer.Option("--scheme", help="brats2021, brats2023 or binary (default: from the data).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the CSV and JSON (default: PRED).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the CSV and JSON (default: the --pred folder).")] = None,
+    folders: Annotated[Optional[list[Path]], typer.Argument(hidden=True)] = None,
 ) -> None:
     """Dice, IoU and HD95 (mm) per region and case: a per-case CSV, a summary JSON and a table."""
     from rich.console import Console
 
     from semiseg.data.labels import get_scheme
+    from semiseg.errors import SemisegInputError
     from semiseg.evaluation.evaluate import evaluate_folders, summary_table
 
+    if folders:
+        # nnU-Net's evaluate_folder takes (GT, PRED), semiseg's evaluate used to take (PRED, GT): refuse to guess
+        raise SemisegInputError(None, "name the folders: semiseg evaluate --gt GROUND_TRUTH --pred PREDICTIONS (positional folders are ambiguous)")
+    if gt is None or pred is None:
+        raise SemisegInputError(None, f"give {'--gt and --pred' if gt is None and pred is None else '--gt' if gt is None else '--pred'}")
     result = evaluate_folders(pred, gt, get_scheme(scheme) if scheme else None, out)
     Console().print(summary_table(result))
-    typer.echo(f"wrote {result.per_case_path} and {result.summary_path}")
+    typer.echo(f"wrote {result.per_case_csv} and {result.summary_json}")
 
 
 @app.command()
 def sample(
     run: Annotated[Path, typer.Argument(help="A DDPM run folder (from `semiseg pretrain`).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("samples.png"),
-    n: Annotated[int, typer.Option("--n", help="Number of samples (rows).")] = 16,
+    count: Annotated[int, typer.Option("--count", help="Number of samples (rows).")] = 16,
     steps: Annotated[int, typer.Option("--steps", help="DDIM sampling steps.")] = 50,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: DeviceOpt = None,
@@ -201,26 +240,24 @@ def sample(
     """Generate slices with the DDPM (DDIM sampling) and save a grid: one column per modality."""
     from semiseg.studies.figures import sample_grid
 
-    sample_grid(run, out, n=n, steps=steps, seed=seed, device=device)
+    sample_grid(run, out, n=count, steps=steps, seed=seed, device=device)
     typer.echo(f"wrote {out}")
 
 
 @app.command()
 def config(
     kind: Annotated[str, typer.Argument(help="ddpm, or a method: supervised, ddpm-pixel, ddpm-finetune, mean-teacher, embedmatch.")],
-    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Print this preset's resolved settings instead of the file.")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Print only this preset.")] = None,
 ) -> None:
-    """Print a shipped config file (to copy and edit), or one preset's resolved settings."""
-    import yaml
-
-    from semiseg.config import builtin_text, load_config
+    """Print every preset's resolved settings (or one preset's) as YAML to copy, edit and pass back with --config."""
+    from semiseg.config import preset_names, resolved_presets_text
+    from semiseg.errors import SemisegInputError
     from semiseg.methods.base import get_method
 
     files = ["ddpm"] if kind == "ddpm" else get_method(kind).config_files
-    if preset is None:
-        typer.echo("\n".join(builtin_text(f) for f in files))
-    else:
-        typer.echo(yaml.safe_dump(load_config(files, preset), sort_keys=False))
+    if preset is not None and preset not in preset_names(files):
+        raise SemisegInputError(None, f"--preset {preset!r}: {kind} has the presets {', '.join(preset_names(files))}")
+    typer.echo(resolved_presets_text(files, f"semiseg config {kind}", only=preset), nl=False)
 
 
 @app.command()
@@ -381,14 +418,65 @@ def _submit(spec, slurm: dict, threads: int | None) -> None:
         _print_outcome(spec, finish_study(spec))
         return
     typer.echo((f"set-up job {submission.setup}, then " if submission.setup else "")
-               + f"job array {submission.array} ({len(submission.runs)} runs), report job {submission.report}; "
+               + (f"job array {submission.array} ({len(submission.runs)} runs), " if submission.array else "")
+               + f"report job {submission.report}; "
                f"follow them with --list (logs in {Path(spec.out) / 'slurm'})")
+
+
+@app.command("export-nnunet")
+def export_nnunet(
+    source: Annotated[Path, typer.Argument(help="A run folder, or a study (its YAML file or its folder).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write Dataset<ID>_<NAME>/ into (e.g. $nnUNet_raw).")],
+    dataset_id: Annotated[int, typer.Option("--id", help="nnU-Net dataset ID; a study's datasets count up from it.")] = 500,
+    name: Annotated[Optional[str], typer.Option("--name", help="Dataset name (default: the run's or study's folder name).")] = None,
+    budgets: Annotated[Optional[str], typer.Option("--budgets", help="Study only: these label budgets (default: all).")] = None,
+    seeds: Annotated[Optional[str], typer.Option("--seeds", help="Study only: these seeds (default: all).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing datasets.")] = False,
+) -> None:
+    """Write a run's labelled items (a study's, per budget and seed) as nnU-Net v2 raw data, with the test patients held out."""
+    from semiseg.errors import SemisegInputError
+    from semiseg.studies.export import export_source
+
+    try:
+        ints = lambda v: [int(x) for x in _csv(v)] if v else None  # noqa: E731
+        chosen_budgets, chosen_seeds = ints(budgets), ints(seeds)
+    except ValueError:
+        raise SemisegInputError(None, f"--budgets/--seeds: expected comma-separated integers, got {budgets or seeds!r}") from None
+    for export in export_source(source, out, dataset_id, name, chosen_budgets, chosen_seeds, overwrite):
+        typer.echo(f"{export.folder}: {len(export.training)} labelled {'slices' if export.dims == 2 else 'cases'}, {len(export.test)} test patients")
+
+
+@app.command()
+def suggest(
+    run: Annotated[str, typer.Argument(help="A trained segmentation run; or, for the first batch, a DDPM run or 'none'.")],
+    data: Annotated[Optional[Path], typer.Argument(help="Cache or dataset folder (default: the run's cache).")] = None,
+    count: Annotated[int, typer.Option("--count", "-k", help="How many slices (2D) or cases (3D) to suggest.")] = 5,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for suggestions.csv, suggestions.png, labelled_items.txt.")] = Path("suggestions"),
+    strategy: Annotated[
+        Optional[str],
+        typer.Option("--strategy", "-s", help="hybrid (default with a run), uncertainty, diversity, representative (first-batch default), random."),
+    ] = None,
+    candidates: Annotated[str, typer.Option("--candidates", help="2D: 'all' slices of the training patients, or the paper's central 'pool'.")] = "all",
+    passes: Annotated[int, typer.Option("--passes", help="Monte Carlo dropout passes for the uncertainty.")] = 8,
+    dims: Annotated[Optional[int], typer.Option("--dims", help="First batch only: 2 (slices) or 3 (cases); default 2 if the cache has slices.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of random draws, k-means and MC dropout.")] = 0,
+    device: DeviceOpt = None,
+) -> None:
+    """Which slices (2D) or cases (3D) to annotate next: rank the unlabelled items of the training patients."""
+    from semiseg.studies.suggest import suggest as run_suggest
+
+    result = run_suggest(None if run.lower() == "none" else run, data, count, out, strategy=strategy, seed=seed, passes=passes,
+                         candidates=candidates, dims=dims, device=device)
+    choice = result.choice
+    typer.echo(f"suggested {len(choice.suggested)} of {len(choice.scores.items)} candidates ({choice.strategy}): {', '.join(choice.suggested)}")
+    typer.echo(f"wrote {result.csv}, {result.figure} and {result.items_file}; train next on {result.cache} with:")
+    typer.echo(f"--labelled-items {result.labelled_items}")
 
 
 @app.command()
 def patient(
     case: Annotated[Path, typer.Argument(help="One case folder (BraTS naming) with its label file.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: ./<case>-patient).")] = None,
     method: Annotated[str, typer.Option("--method", "-M", help="Segmentation method.")] = "ddpm-finetune",
     label_slices: Annotated[Optional[str], typer.Option("--label-slices", help="Axial slice indices to train on, e.g. 60,70,80.")] = None,
     label_count: Annotated[Optional[int], typer.Option("--label-count", help="Or: this many annotated slices picked over the lesion.")] = None,

@@ -1,5 +1,10 @@
 """Configuration: presets shipped as YAML files in ``semiseg/configs``, a user's copy, and
-``--set key=value`` overrides, merged into one plain dict that is stored with every run."""
+``--set key=value`` overrides, merged into one plain dict that is stored with every run.
+
+Every YAML semiseg reads (presets, users' configs, study files) goes through :func:`load_yaml`,
+which refuses a mapping that holds the same key twice: PyYAML would silently keep the last one, so
+an edit made to the first would be lost without a word.
+"""
 
 from __future__ import annotations
 
@@ -25,13 +30,54 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_yaml(path: Path | str, text: str | None = None) -> dict[str, Any]:
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"key {key!r} appears twice (lines {first} and {second}); YAML would keep only the last")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a mapping may not hold one key twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # keys brought in by "<<: *anchor" may be overridden: that is what merging is for
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise _DuplicateKey(key, seen[key], line)
+                seen[key] = line
+            except TypeError:
+                pass  # an unhashable key: the base class reports it
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str, source: str | PathLike | None) -> Any:
+    """Parse YAML ``text`` (from ``source``, named in errors); a syntax error or a key given twice
+    in one mapping is a one-line SemisegInputError."""
     try:
-        data = yaml.safe_load(text if text is not None else Path(path).read_text())
-    except OSError as exc:
-        raise SemisegInputError(path, f"cannot be read ({exc.strerror})") from None
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as exc:
+        raise SemisegInputError(source, str(exc)) from None
     except yaml.YAMLError as exc:
-        raise SemisegInputError(path, f"is not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise SemisegInputError(source, f"is not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def read_yaml_file(path: str | PathLike, what: str = "file") -> Any:
+    """Read and parse a YAML file; a missing or unreadable file is a one-line error naming it."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise SemisegInputError(path, f"{what} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SemisegInputError(path, f"{what} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    return load_yaml(text, path)
+
+
+def _read_yaml(path: Path | str, text: str | None = None) -> dict[str, Any]:
+    data = load_yaml(text, path) if text is not None else read_yaml_file(path, "config file")
     if not isinstance(data, dict):
         raise SemisegInputError(path, "must hold a mapping of preset names to settings")
     return data
@@ -71,8 +117,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             raise SemisegInputError(None, f"--set {item!r}: expected key=value, e.g. train.steps=200")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+            value = load_yaml(raw, f"--set {item}")
+        except SemisegInputError as exc:
+            if "appears twice" in exc.problem:
+                raise
             value = raw
         node = out
         parts = key.strip().split(".")
@@ -106,8 +154,16 @@ def load_config(
     shipped = cfg
     if user_file is not None:
         user = _read_yaml(user_file)
-        # a copy of a shipped presets file (preset names at top level), or one preset's settings
-        layer = resolve_preset(user, preset, str(user_file)) if preset in user else user
+        # presets (as `semiseg config` prints them, or a copy of a shipped file), or one preset's settings
+        names = preset_names(files)
+        if user and set(user) <= set(names):
+            # "default" and "paper" name a file's first preset (the published settings)
+            name = names[0] if preset not in user and preset in ("default", "paper") else preset
+            if name not in user:
+                raise SemisegInputError(user_file, f"holds the presets {', '.join(user)} but not {preset!r}; choose one with --preset")
+            layer = user[name] or {}
+        else:
+            layer = user
         check_keys(layer, shipped, str(user_file))
         cfg = merge(cfg, layer)
     layer = parse_overrides(overrides)
@@ -123,3 +179,108 @@ def check_keys(cfg: dict[str, Any], reference: dict[str, Any], source: str, pref
             raise SemisegInputError(source, f"unknown setting {prefix + key!r}; known here: {known}")
         if isinstance(value, dict) and isinstance(reference[key], dict) and reference[key]:
             check_keys(value, reference[key], source, prefix + key + ".")
+
+
+def preset_names(files: list[str]) -> list[str]:
+    """The presets every one of ``files`` resolves (in the order the files name them)."""
+    contents = [builtin_file(name) for name in files]
+    names: list[str] = []
+    for presets in contents:
+        names += [n for n in presets if n not in names]
+    aliases = ("default", "paper")  # resolve_preset maps these onto a file's first preset
+    return [n for n in names if all(n in p or n in aliases for p in contents)]
+
+
+Comments = dict[tuple[str, ...], tuple[list[str], list[str]]]
+
+
+def _comments(text: str) -> dict[str, Comments]:
+    """Comments of a shipped presets file, per preset and setting path: the full-line comments
+    above a key and its trailing comment with any continuation lines.
+
+    The shipped files are plain block YAML indented by two spaces, which is all this reads;
+    PyYAML drops comments, and a round-trip YAML library would not merge layered files.
+    """
+    out: dict[str, Comments] = {}
+    stack: list[str] = []
+    above: list[str] = []
+    last: tuple[str, ...] | None = None
+    last_col = -1
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            col = line.index("#")
+            if last is not None and col == last_col:
+                out[stack[0]][last][1].append(stripped[1:].strip())  # continuation of a trailing comment
+            elif stack:  # comments before the first preset describe the file, not a setting
+                above.append(stripped[1:].strip())
+            continue
+        if not stripped or ":" not in stripped:
+            continue
+        indent = (len(line) - len(line.lstrip())) // 2
+        key, value = (part.strip() for part in stripped.split(":", 1))
+        stack = stack[:indent] + [key]
+        trailing = value.split("#", 1)[1].strip() if value.startswith("#") or " #" in value else ""
+        path = tuple(stack[1:])
+        last, last_col = None, -1
+        if path:
+            before, after = out.setdefault(stack[0], {}).setdefault(path, ([], []))
+            before.extend(above)
+            if trailing:
+                after.append(trailing)
+                last, last_col = path, line.index("#", line.index(":"))
+        above = []
+    return out
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block mappings, but short lists of scalars on one line (``features: [16, 32]``), as the shipped files write them."""
+
+
+_Dumper.add_representer(
+    list,
+    lambda dumper, data: dumper.represent_sequence(
+        "tag:yaml.org,2002:seq", data, flow_style=all(not isinstance(v, (dict, list)) for v in data)
+    ),
+)
+
+
+def resolved_presets_text(files: list[str], command: str, only: str | None = None) -> str:
+    """Every preset of ``files`` fully resolved, as one YAML mapping of preset name -> settings,
+    commented with the shipped files' comments. It loads back unchanged with ``--config`` (pick a
+    preset with ``--preset``): each preset is complete, so an edit applies to that preset only.
+    ``only`` prints one preset."""
+    sections = [(_comments(builtin_text(name)), next(iter(builtin_file(name)), None)) for name in files]
+    lines = [
+        f"# `{command}`: {'the preset ' + repr(only) if only else 'every preset'} of "
+        f"{', '.join(f'semiseg/configs/{f}.yaml' for f in files)}, fully resolved.",
+        "# Save it, edit values and pass it back with `--config FILE --preset NAME`; each preset is complete,",
+        "# so an edit applies to the preset it is made in. Unknown keys and a key given twice are errors.",
+    ]
+    for preset in [only] if only else preset_names(files):
+        body = yaml.dump({preset: load_config(files, preset)}, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)
+        comments: Comments = {}
+        for per_preset, first in sections:  # a method's own file is more specific than the shared one
+            own = per_preset.get(preset if preset in per_preset or preset not in ("default", "paper") else first, {})
+            for path, (before, after) in own.items():
+                old = comments.get(path, ([], []))
+                comments[path] = (before or old[0], after or old[1])
+        stack: list[str] = []
+        for line in body.splitlines():
+            stripped = line.strip()
+            if ":" not in stripped or stripped.startswith("- "):
+                lines.append(line)
+                continue
+            indent = (len(line) - len(line.lstrip())) // 2
+            stack = stack[:indent] + [stripped.split(":", 1)[0]]
+            before, after = comments.get(tuple(stack[1:]), ([], []))
+            pad = " " * (2 * indent)
+            lines += [f"{pad}# {c}" for c in before]
+            if after:
+                col = max(len(line) + 2, 40)
+                lines.append(line.ljust(col) + f"# {after[0]}")
+                lines += [" " * col + f"# {c}" for c in after[1:]]
+            else:
+                lines.append(line)
+        lines.append("")
+    return "\n".join(lines) + "\n"

@@ -71,3 +71,27 @@ def test_canonical_modality_aliases():
     assert canonical_modality("T2F") == "flair"
     assert canonical_modality("t1post") == "t1ce"
     assert canonical_modality("CT") == "ct"
+
+
+@pytest.mark.parametrize("ending", [".mha", ".nrrd", ".nii"])
+def test_nnunet_file_ending_is_honoured(tmp_path: Path, ending: str):
+    """Only files with dataset.json's file_ending are the dataset's (a stray .nii.gz is not)."""
+    import SimpleITK as sitk
+
+    root = tmp_path / "Dataset002_X"
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    (root / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "lesion": 1}, "numTraining": 2, "file_ending": ending}))
+    img = sitk.GetImageFromArray(np.zeros((4, 8, 8), np.float32))
+    for cid in ("a_001", "a_002"):
+        for c in (0, 1):
+            sitk.WriteImage(img, str(root / "imagesTr" / f"{cid}_{c:04d}{ending}"))
+        sitk.WriteImage(sitk.Cast(img, sitk.sitkUInt8), str(root / "labelsTr" / f"{cid}{ending}"))
+    write_image(root / "imagesTr" / "stray_0000.nii.gz", np.zeros((8, 8, 4), np.float32))
+    ds = discover(root)
+    assert [c.case_id for c in ds.cases] == ["a_001", "a_002"] and all(c.labelled for c in ds.cases)
+    assert ds.modalities == ("t1", "t2") and ds.cases[0].images["t2"].name == f"a_001_0001{ending}"
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1"}, "labels": {"background": 0, "x": 1}, "file_ending": ".png"}))
+    with pytest.raises(SemisegInputError, match=r"file_ending '\.png' is not one semiseg reads"):
+        discover(root)

@@ -104,3 +104,54 @@ def test_nnunet_flat_folder_and_ddpm_run_refused(sup2d: Path, tiny_ddpm: Path, t
     assert [p.name for p in predict(sup2d, flat, tmp_path / "out")] == ["case7.nii.gz"]
     with pytest.raises(SemisegInputError, match="DDPM pretraining run"):
         predict(tiny_ddpm, flat, tmp_path / "out2")
+
+
+def test_an_mha_dataset_round_trips_its_geometry_exactly(tmp_path: Path):
+    """An nnU-Net dataset stored as .mha (file_ending .mha, oblique-free but permuted and flipped
+    axes, odd origin and anisotropic spacing) is prepared, trained on, and predicted into .mha
+    files whose size, origin, spacing and direction are the input's bit for bit; they evaluate
+    against the dataset's own .mha labels."""
+    import json
+
+    import SimpleITK as sitk
+
+    from semiseg.data.cases import discover
+    from semiseg.data.io import is_prediction
+    from semiseg.evaluation.evaluate import evaluate_folders
+    from semiseg.preprocess.cache import build_cache
+
+    root = tmp_path / "Dataset003_Mha"
+    geometry = {"spacing": (1.1, 0.9, 2.3), "origin": (-12.5, 30.25, 7.0), "direction": (0, -1, 0, 1, 0, 0, 0, 0, 1)}
+
+    def mha(data: np.ndarray, path: Path) -> None:
+        img = sitk.GetImageFromArray(np.ascontiguousarray(np.swapaxes(data, 0, 2)))
+        img.SetSpacing(geometry["spacing"])
+        img.SetOrigin(geometry["origin"])
+        img.SetDirection(geometry["direction"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(img, str(path), True)
+
+    for i in range(5):
+        images, label = blob_case((30, 28, 18), seed=i)
+        sub = "imagesTr" if i < 4 else "imagesTs"
+        for c in range(2):
+            mha(images[c], root / sub / f"m_{i:03d}_{c:04d}.mha")
+        if i < 4:
+            mha((label > 0).astype(np.uint8), root / "labelsTr" / f"m_{i:03d}.mha")
+    (root / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "T1", "1": "FLAIR"}, "labels": {"background": 0, "lesion": 1}, "numTraining": 4, "file_ending": ".mha"}))
+    cache = build_cache(discover(root), tmp_path / "cache", slice_size=32, test_fraction=0.25)
+    run = train(cache.root, "supervised", tmp_path / "run", preset="small", n_labelled=3, overrides=TINY + TINY_NET + ["dims=2"])
+    paths = predict(run, root, tmp_path / "pred", probabilities=True)
+    assert sorted(p.name for p in paths) == [f"m_{i:03d}.mha" for i in range(5)]
+    for p in paths:
+        src = sitk.ReadImage(str(root / ("imagesTr" if p.stem != "m_004" else "imagesTs") / f"{p.stem}_0000.mha"))
+        out = sitk.ReadImage(str(p))
+        assert (out.GetSize(), out.GetOrigin(), out.GetSpacing(), out.GetDirection()) == (
+            src.GetSize(), src.GetOrigin(), src.GetSpacing(), src.GetDirection())
+        assert is_prediction(p) and set(np.unique(sitk.GetArrayFromImage(out))) <= {0, 1}
+    prob = sitk.ReadImage(str(tmp_path / "pred" / "m_000_prob.mha"))
+    assert prob.GetNumberOfComponentsPerPixel() == 2 and prob.GetOrigin() == geometry["origin"]
+    (tmp_path / "pred" / "m_004.mha").unlink()  # no ground truth for the imagesTs case
+    result = evaluate_folders(tmp_path / "pred", root)
+    assert result.summary["n_cases"] == 4 and list(result.summary["regions"]) == ["lesion"]

@@ -1,5 +1,6 @@
-"""Every method trains a few steps on the tiny cache, in 2D and (where it applies) 3D, and its
-predictions are probability maps of the right shape."""
+"""Every method trains a few steps on the tiny cache, in 2D and (where it applies) 3D, with its
+batches built by DataLoader worker processes, and its predictions are probability maps of the
+right shape."""
 
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def test_method_trains_and_predicts(method, dims, extra, tiny_cache: Path, tiny_
     run = tmp_path / "run"
     labeled = 2 if dims == 3 else 3
     train(tiny_cache, method, run, preset="small", n_labelled=labeled, seed=1, ddpm_run=tiny_ddpm,
-          overrides=TINY + extra + [f"dims={dims}"])
+          overrides=TINY + extra + [f"dims={dims}", "train.workers=2"])  # batches from DataLoader workers
     rows = read_log(run / "train_log.csv")
     assert [r["step"] for r in rows] == [2, 4] and all(np.isfinite(r["loss"]) for r in rows)
     assert (run / "loss_curve.png").exists()

@@ -1,4 +1,4 @@
-"""The same pretrain command under torchrun with two CPU processes (gloo)."""
+"""The same pretrain command under torchrun with two CPU processes (gloo), each with a DataLoader worker."""
 
 import os
 import shutil
@@ -19,7 +19,7 @@ def test_two_process_ddp_pretrain(tiny_cache: Path, tmp_path: Path):
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     out = tmp_path / "ddp"
     cmd = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "semiseg", "pretrain", str(tiny_cache), "--out", str(out), "--preset", "small"]
-    for s in TINY_DDPM:
+    for s in TINY_DDPM + ["train.workers=1"]:
         cmd += ["--set", s]
     env = {**os.environ, "SEMISEG_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -32,7 +32,7 @@ def test_3d_plan_and_ddpm_plan(tiny_cache: Path):
     cache = Cache(tiny_cache)
     plan = make_plan(cache, 3, n_labelled=2, seed=1)
     assert plan.labelled_cases() == list(plan.labelled) and not set(plan.labelled) & set(plan.unlabelled_cases)
-    ddpm = make_plan(cache, 2, all_cases=True)
+    ddpm = make_plan(cache, 2, unlabelled_only=True, transductive=True)
     assert set(ddpm.unlabelled_cases) == set(cache.ids()) and ddpm.labelled == ()
 
 
@@ -42,3 +42,31 @@ def test_3d_plan_and_ddpm_plan(tiny_cache: Path):
 def test_damaged_plans_are_refused(bad):
     with pytest.raises(SemisegInputError):
         DataPlan.from_json(bad, "config.json")
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_transductive_adds_test_images_and_inductive_never_does(tiny_cache: Path, dims: int):
+    cache = Cache(tiny_cache)
+    test = set(cache.ids("test"))
+    inductive = make_plan(cache, dims, n_labelled=2, seed=0)
+    transductive = make_plan(cache, dims, n_labelled=2, seed=0, transductive=True)
+    assert not test & set(inductive.unlabelled_cases) and test <= set(transductive.unlabelled_cases)
+    assert transductive.labelled == inductive.labelled and transductive.transductive and not inductive.transductive
+    assert not test & set(make_plan(cache, 2, unlabelled_only=True).unlabelled_cases)
+    assert DataPlan.from_json(transductive.to_json()) == transductive
+
+
+def test_negatives_are_lesion_free_slices_of_the_labelled_patients(tiny_cache: Path):
+    cache = Cache(tiny_cache)
+    plan = make_plan(cache, 2, n_labelled=2, seed=3, negatives=3)
+    assert len(plan.labelled) == 2 and len(plan.negatives) == 3
+    labelled_cases = {parse_slice(i)[0] for i in plan.labelled}
+    for item in plan.negatives:
+        case, z = parse_slice(item)
+        assert case in labelled_cases and cache.cases[case].slice_label_voxels[z] == 0 and item not in plan.labelled
+    assert set(map(parse_slice, plan.negatives)) <= set(plan.labelled_slices())
+    assert not set(plan.labelled_slices()) & set(plan.unlabelled_items(cache))
+    assert make_plan(cache, 2, n_labelled=2, seed=3).negatives == ()
+    assert DataPlan.from_json(plan.to_json()) == plan
+    with pytest.raises(SemisegInputError, match="2D"):
+        make_plan(cache, 3, n_labelled=2, negatives=1)

@@ -4,8 +4,9 @@ Formats recognised automatically:
 
 * BraTS 2021: ``<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz`` (labels 0/1/2/4)
 * BraTS 2023: ``<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz`` (labels 0/1/2/3)
-* nnU-Net v2 raw: ``dataset.json``, ``imagesTr/<case>_0000.nii.gz``, ``labelsTr/<case>.nii.gz``,
-  ``imagesTs/``
+* nnU-Net v2 raw: ``dataset.json``, ``imagesTr/<case>_0000<file_ending>``,
+  ``labelsTr/<case><file_ending>``, ``imagesTs/``, with the ``file_ending`` dataset.json names
+  (``.nii.gz``, ``.nii``, ``.mha`` or ``.nrrd``) and its labels, region-based ones included
 
 A single BraTS case folder is a dataset of one case. Cases without a label file are kept as
 unlabelled cases. BraTS modalities are named as in 2021 (``t1, t1ce, t2, flair``) whatever the
@@ -14,14 +15,15 @@ year, so a model trained on one naming predicts on the other; the 2023 names wor
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 
+from semiseg.data.io import IMAGE_ENDINGS, strip_ending
 from semiseg.data.labels import BRATS2021, BRATS2023, LabelScheme, scheme_from_dataset_json
 from semiseg.errors import SemisegInputError
+from semiseg.files import read_json
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 #: BraTS 2023 file suffix -> the 2021 name semiseg uses
@@ -32,7 +34,6 @@ MODALITY_ALIASES = {
     "t1post": "t1ce", "t1gd": "t1ce", "t1c": "t1ce", "t1ce": "t1ce",
     "t1": "t1", "t1w": "t1", "t2": "t2", "t2w": "t2", "flair": "flair", "t2flair": "flair",
 }
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 @dataclass
@@ -80,20 +81,13 @@ def canonical_modality(name: str) -> str:
     return MODALITY_ALIASES.get(key, name.strip().lower())
 
 
-def _strip_nifti(name: str) -> str | None:
-    for suffix in NIFTI_SUFFIXES:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return None
-
-
 def _brats_files(folder: Path) -> tuple[str, dict[str, Path], Path | None] | None:
     """Recognise a BraTS case folder; return (format, modality files, seg file) or None."""
     prefix = folder.name
     found: dict[str, dict[str, Path]] = {"brats2021": {}, "brats2023": {}}
     seg: dict[str, Path] = {}
     for f in folder.iterdir():
-        stem = _strip_nifti(f.name)
+        stem = strip_ending(f.name)
         if stem is None:
             continue
         for fmt, sep in (("brats2021", "_"), ("brats2023", "-")):
@@ -175,24 +169,30 @@ def _discover_brats(root: Path, modalities: list[str] | None) -> Dataset | None:
 
 
 def _read_dataset_json(path: Path) -> dict:
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SemisegInputError(path, f"is not valid JSON ({exc})") from None
+    meta = read_json(path, "dataset.json")
     for key in ("channel_names", "labels"):
-        if key not in meta:
-            raise SemisegInputError(path, f"has no {key!r} entry")
+        if not isinstance(meta.get(key), dict) or not meta[key]:
+            raise SemisegInputError(path, f"has no {key!r} entry (a JSON object)")
+    ending = meta.setdefault("file_ending", ".nii.gz")
+    if ending not in IMAGE_ENDINGS:
+        raise SemisegInputError(path, f"file_ending {ending!r} is not one semiseg reads ({', '.join(IMAGE_ENDINGS)})")
+    order = meta.get("regions_class_order")
+    if order is not None and not isinstance(order, list):
+        raise SemisegInputError(path, f"regions_class_order must be a list, got {order!r}")
     return meta
 
 
 def _discover_nnunet(root: Path, modalities: list[str] | None) -> Dataset:
     meta_path = root / "dataset.json"
     meta = _read_dataset_json(meta_path)
-    ending = meta.get("file_ending", ".nii.gz")
-    channels = {int(k): str(v) for k, v in meta["channel_names"].items()}
+    ending = meta["file_ending"]
+    try:
+        channels = {int(k): str(v) for k, v in meta["channel_names"].items()}
+    except ValueError:
+        raise SemisegInputError(meta_path, f"channel_names keys must be channel numbers, got {list(meta['channel_names'])}") from None
     names = {i: canonical_modality(n) for i, n in channels.items()}
     kinds = {names[i]: ("CT" if n.strip().upper() == "CT" else "MRI") for i, n in channels.items()}
-    scheme = scheme_from_dataset_json(meta["labels"], str(meta_path))
+    scheme = scheme_from_dataset_json(meta["labels"], str(meta_path), meta.get("regions_class_order"))
     pattern = re.compile(r"^(.*)_(\d{4})" + re.escape(ending) + "$")
 
     cases: list[Case] = []

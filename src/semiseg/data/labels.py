@@ -104,32 +104,67 @@ BINARY = LabelScheme(
 SCHEMES = {s.name: s for s in (BRATS2021, BRATS2023, BINARY)}
 
 
-def scheme_from_dataset_json(labels: dict[str, Any], source: str = "dataset.json") -> LabelScheme:
-    """Build a scheme from nnU-Net's ``labels`` entry.
+#: BraTS region names as nnU-Net's BraTS conversion writes them -> the short names BraTS reports use
+REGION_ABBREVIATIONS = {
+    "whole tumor": "WT", "whole tumour": "WT", "tumor core": "TC", "tumour core": "TC",
+    "enhancing tumor": "ET", "enhancing tumour": "ET",
+}
 
-    Integer entries are classes and each is also evaluated as a region; list entries (nnU-Net's
-    region-based training, e.g. ``"whole tumour": [1, 2, 3]``) are regions only.
+
+def _label_value(name: str, value: Any, source: str) -> int | tuple[int, ...]:
+    def bad() -> SemisegInputError:
+        return SemisegInputError(source, f"label {name!r} has value {value!r}; expected an integer or a list of integers")
+
+    if isinstance(value, bool):
+        raise bad()
+    if isinstance(value, int):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return tuple(value)
+    raise bad()
+
+
+def scheme_from_dataset_json(
+    labels: dict[str, Any], source: str = "dataset.json", regions_class_order: list[int] | None = None
+) -> LabelScheme:
+    """Build a scheme from nnU-Net's ``labels`` entry (and ``regions_class_order``).
+
+    As in nnU-Net, a dataset is region-based when some label lists several values: then every
+    entry but background is a region (e.g. nnU-Net's BraTS conversion: ``"whole tumor": [1, 2, 3]``,
+    ``"tumor core": [2, 3]``, ``"enhancing tumor": [3]``), the classes are the values the regions are
+    made of, and each class is named after the region ``regions_class_order`` paints it with (else
+    the smallest region holding it). Otherwise every entry is one class, evaluated as a region.
+    BraTS region names are shortened to WT, TC and ET.
     """
-    classes: dict[int, str] = {}
-    regions: dict[str, tuple[int, ...]] = {}
-    for name, value in labels.items():
-        if isinstance(value, bool) or not isinstance(value, (int, list)):
-            raise SemisegInputError(source, f"label {name!r} has value {value!r}; expected an integer or a list")
-        if isinstance(value, int):
-            classes[value] = name
-        else:
-            regions[name] = tuple(int(v) for v in value)
-    if 0 not in classes:
+    entries = {name: _label_value(name, value, source) for name, value in labels.items()}
+    background = [name for name, v in entries.items() if v in (0, (0,))]
+    if not background:
         raise SemisegInputError(source, "labels must include a background class with value 0")
-    values = tuple(sorted(classes))
-    if not regions:
+    foreground = {name: ((v,) if isinstance(v, int) else v) for name, v in entries.items() if name not in background}
+    if not any(len(v) > 1 for v in foreground.values()):
+        classes: dict[int, str] = {0: background[0]}
+        for name, (v,) in foreground.items():
+            if v in classes:
+                raise SemisegInputError(source, f"labels {classes[v]!r} and {name!r} both have value {v}")
+            classes[v] = name
+        values = tuple(sorted(classes))
         regions = {classes[v]: (v,) for v in values if v != 0}
-    unknown = sorted({v for r in regions.values() for v in r} - set(values))
-    if unknown:
-        raise SemisegInputError(source, f"regions use label values {unknown} that are not classes")
-    if values == BINARY.values and set(regions) == {classes[1]}:
-        return LabelScheme("binary", values, tuple(classes[v] for v in values), regions)
-    return LabelScheme("dataset", values, tuple(classes[v] for v in values), regions)
+        name = "binary" if values == BINARY.values else "dataset"
+        return LabelScheme(name, values, tuple(classes[v] for v in values), regions)
+    values = (0, *sorted({v for r in foreground.values() for v in r} - {0}))
+    names = list(foreground)
+    if regions_class_order is not None:
+        order = list(regions_class_order)
+        if len(order) != len(names) or not all(isinstance(v, int) and v in values for v in order):
+            raise SemisegInputError(
+                source, f"regions_class_order {order} must give one label value of {list(values)} for each of the {len(names)} regions"
+            )
+        painted = {v: names[i] for i, v in enumerate(order)}  # later regions overwrite earlier ones, as in nnU-Net
+    else:
+        painted = {v: min((n for n in names if v in foreground[n]), key=lambda n: len(foreground[n])) for v in values[1:]}
+    class_names = (background[0], *(painted.get(v, f"label {v}") for v in values[1:]))
+    regions = {REGION_ABBREVIATIONS.get(n.strip().lower(), n): r for n, r in foreground.items()}
+    return LabelScheme("dataset-regions", values, class_names, regions)
 
 
 def get_scheme(name: str) -> LabelScheme:

@@ -1,10 +1,13 @@
 """Evaluate a folder of predicted label maps against ground truth and write the reports.
 
-Predictions are ``<case>.nii.gz`` (or ``.nii``) files, one per case; the probability and
-uncertainty maps written next to them (``<case>_prob.nii.gz``, ``<case>_uncertainty.nii.gz``)
+Predictions are ``<case>.nii.gz`` files (or ``.nii``, ``.mha``, ``.nrrd``), one per case; the
+probability and uncertainty maps written next to them (``<case>_prob.*``, ``<case>_uncertainty.*``)
 are ignored. Ground truth is a dataset folder that :func:`~semiseg.data.cases.discover`
-understands, or a flat folder of ``<case>.nii.gz`` label maps (nnU-Net ``labelsTr``).
+understands, or a flat folder of ``<case>`` label maps (nnU-Net ``labelsTr``).
 
+The two folders are easily swapped (nnU-Net's ``evaluate_folder`` takes ground truth first), so
+a prediction folder that is a dataset, or ground truth that holds semiseg's predictions (marked in
+their headers), is refused, and the reports are never written into the ground-truth folder.
 Everything is validated and computed before anything is written, so bad input leaves no output.
 """
 
@@ -22,8 +25,8 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from semiseg.data.cases import NIFTI_SUFFIXES, discover
-from semiseg.data.io import check_same_geometry, read_label
+from semiseg.data.cases import discover
+from semiseg.data.io import check_same_geometry, is_prediction, read_label, strip_ending
 from semiseg.data.labels import BINARY, BRATS2021, BRATS2023, LabelScheme, scheme_from_dataset_json
 from semiseg.errors import SemisegInputError
 from semiseg.evaluation.metrics import EMPTY_POLICY, METRICS, region_metrics, summarise
@@ -55,14 +58,14 @@ class EvaluationResult:
     summary_json: Path
 
 
-def _nifti_files(folder: Path, ignore_suffixes: tuple[str, ...] = ()) -> dict[str, Path]:
-    """Map case id -> NIfTI file for the files directly in ``folder``."""
+def _image_files(folder: Path, ignore_suffixes: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Map case id -> image file for the files directly in ``folder``."""
     found: dict[str, Path] = {}
     for f in sorted(folder.iterdir()):
         # hidden files include half-written temporaries of atomic writes
         if f.name.startswith(".") or not f.is_file():
             continue
-        stem = next((f.name[: -len(s)] for s in NIFTI_SUFFIXES if f.name.endswith(s)), None)
+        stem = strip_ending(f.name)
         if stem is None or stem.endswith(ignore_suffixes):
             continue
         if stem in found:
@@ -77,9 +80,15 @@ def _find_predictions(pred_dir: Path) -> dict[str, Path]:
         raise SemisegInputError(pred_dir, "prediction folder not found")
     if not pred_dir.is_dir():
         raise SemisegInputError(pred_dir, "is a file; expected a folder of <case>.nii.gz predictions")
-    preds = _nifti_files(pred_dir, IGNORED_PREDICTION_SUFFIXES)
+    if (pred_dir / "dataset.json").exists() or (pred_dir.name == "labelsTr" and (pred_dir.parent / "dataset.json").exists()):
+        raise SemisegInputError(pred_dir, "is an nnU-Net dataset (ground truth), not predictions: did you swap --gt and --pred?")
+    preds = _image_files(pred_dir, IGNORED_PREDICTION_SUFFIXES)
     if not preds:
-        raise SemisegInputError(pred_dir, "contains no predictions (<case>.nii.gz)")
+        try:
+            discover(pred_dir)
+        except SemisegInputError:
+            raise SemisegInputError(pred_dir, "contains no predictions (<case>.nii.gz)") from None
+        raise SemisegInputError(pred_dir, "is a BraTS dataset (ground truth), not predictions: did you swap --gt and --pred?")
     return preds
 
 
@@ -100,7 +109,7 @@ def _find_ground_truth(gt: Path) -> tuple[dict[str, Path], LabelScheme | None]:
         raise SemisegInputError(gt, "ground-truth folder not found")
     if not gt.is_dir():
         raise SemisegInputError(gt, "is a file; expected a dataset folder or a folder of <case>.nii.gz label maps")
-    flat = _nifti_files(gt)
+    flat = _image_files(gt)
     if (gt / "dataset.json").exists() or not flat:
         # a dataset folder: its own errors (bad dataset.json, mixed BraTS naming) are the ones to show
         try:
@@ -175,8 +184,8 @@ def evaluate_folders(
     """Evaluate every prediction in ``pred_dir`` against its ground truth and write the reports.
 
     Args:
-        pred_dir: folder of ``<case>.nii.gz`` predictions (label values).
-        gt: a dataset folder (BraTS, nnU-Net) or a flat folder of ``<case>.nii.gz`` label maps.
+        pred_dir: folder of ``<case>.nii.gz`` (``.nii``, ``.mha``, ``.nrrd``) predictions (label values).
+        gt: a dataset folder (BraTS, nnU-Net) or a flat folder of ``<case>`` label maps.
         scheme: label scheme; default the dataset's (or the parent ``dataset.json``'s), else
             inferred from the label values (binary, BraTS 2021, BraTS 2023).
         out_dir: where to write ``evaluation_per_case.csv`` and ``evaluation_summary.json``;
@@ -200,6 +209,15 @@ def evaluate_folders(
     for case_id, path in gt_files.items():
         if case_id not in preds:
             raise SemisegInputError(path, f"ground truth of case {case_id!r} has no prediction in {pred_dir}")
+
+    # semiseg marks its predictions; ground truth that carries the mark was swapped with them
+    first = gt_files[min(gt_files)]
+    if is_prediction(first) and not is_prediction(preds[min(gt_files)]):
+        raise SemisegInputError(gt, f"holds semiseg predictions ({first.name}), not ground truth: did you swap --gt and --pred?")
+    gt_root = gt.resolve()
+    for folder in {gt_root, *(f.parent.resolve() for f in gt_files.values())}:
+        if out.resolve() == folder or folder in out.resolve().parents:
+            raise SemisegInputError(out, f"is inside the ground truth {gt}; the reports go elsewhere (--out)")
 
     case_ids = sorted(gt_files)
     if scheme is None:

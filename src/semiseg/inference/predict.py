@@ -3,7 +3,8 @@
 2D methods run slice by slice over the whole volume (batched), 3D methods with MONAI's
 sliding-window inference; both go through the same preprocessing as training
 (:func:`~semiseg.preprocess.pipeline.prepare_case`) and back through the inverse geometry, so a
-prediction has exactly the input's shape, affine and label values.
+prediction has exactly the input's shape, affine and label values, in the input's file format
+(NIfTI, ``.mha`` or ``.nrrd``; an ITK input's origin, spacing and direction are copied exactly).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from semiseg.data.cases import Case, canonical_modality, discover
-from semiseg.data.io import original_header, write_nifti
+from semiseg.data.io import IMAGE_ENDINGS, image_ending, strip_ending, write_like
 from semiseg.data.labels import LabelScheme
 from semiseg.data.loading import check_case_headers
 from semiseg.errors import SemisegInputError
@@ -31,21 +32,25 @@ from semiseg.progress import progress_bar
 from semiseg.runs.train import describe_channels, load_trained
 from semiseg.training.distributed import pick_device
 
-NNUNET_IMAGE = re.compile(r"^(.*)_(\d{4})\.nii(\.gz)?$")
+NNUNET_IMAGE = re.compile(r"^(.*)_(\d{4})(" + "|".join(re.escape(e) for e in IMAGE_ENDINGS) + ")$", re.IGNORECASE)
+
+
+#: what a predict path computes per batch: images -> (per-voxel maps (B, K, *S), uncertainty (B, *S) or None)
+Head = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 @torch.no_grad()
 def predict_slices(
-    method: Method, slices: np.ndarray, on_batch: Callable[[int], None] | None = None
+    method: Method, slices: np.ndarray, on_batch: Callable[[int], None] | None = None, head: Head | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run a 2D method over slices (N, C, S, S); returns probabilities (N, K, S, S) and
-    uncertainty (N, S, S), float32."""
+    uncertainty (N, S, S), float32 (or what ``head`` computes instead of ``method.predict``)."""
     device = next(method.parameters()).device
     bs = method.predict_batch_size()
     probs, unc = [], []
     for s in range(0, len(slices), bs):
         x = torch.as_tensor(np.asarray(slices[s : s + bs], dtype=np.float32), device=device)
-        p, u = method.predict(x)
+        p, u = (head or method.predict)(x)
         probs.append(p.float().cpu().numpy())
         unc.append((u if u is not None else torch.zeros_like(p[:, 0])).float().cpu().numpy())
         if on_batch:
@@ -54,14 +59,15 @@ def predict_slices(
 
 
 @torch.no_grad()
-def predict_volume(method: Method, volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def predict_volume(method: Method, volume: np.ndarray, head: Head | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Run a 3D method over a cropped volume (C, X, Y, Z) with Gaussian-weighted sliding windows;
-    returns probabilities (K, X, Y, Z) and uncertainty (X, Y, Z), float32."""
+    returns probabilities (K, X, Y, Z) and uncertainty (X, Y, Z), float32 (or what ``head``
+    computes instead of ``method.predict``)."""
     device = next(method.parameters()).device
     x = torch.as_tensor(np.asarray(volume, dtype=np.float32), device=device)[None]
 
     def both(patch: torch.Tensor) -> torch.Tensor:
-        p, u = method.predict(patch)
+        p, u = (head or method.predict)(patch)
         u = u if u is not None else torch.zeros_like(p[:, 0])
         return torch.cat([p, u[:, None]], dim=1)
 
@@ -106,7 +112,9 @@ def resolve_inputs(path: Path, modalities: list[str]) -> tuple[list[Case], Label
     if path.is_file():
         if len(modalities) != 1:
             raise SemisegInputError(path, f"is one image but the model needs {describe_channels(modalities)}; give a case folder")
-        name = path.name.split(".nii")[0]
+        name = strip_ending(path.name)
+        if name is None:
+            raise SemisegInputError(path, f"is not an image semiseg reads ({', '.join(IMAGE_ENDINGS)})")
         return [Case(name, {modalities[0]: path})], None
     if path.is_dir():
         flat: dict[str, dict[int, Path]] = {}
@@ -136,7 +144,8 @@ def predict(
     images: dict[str, str] | None = None,
 ) -> list[Path]:
     """Segment every case of ``input_path`` (or the explicit ``images``, modality -> file) with a
-    trained run and write ``<case>.nii.gz`` (+ ``_prob``, ``_uncertainty``) into ``out_dir``.
+    trained run and write ``<case>.nii.gz`` (+ ``_prob``, ``_uncertainty``) into ``out_dir``, in the
+    format of the case's first image (``<case>.mha`` for ``.mha`` input, and so on).
 
     All inputs are checked before anything is written, and outputs are written to a temporary
     folder first, so a failure leaves ``out_dir`` as it was. Returns the segmentation paths.
@@ -152,7 +161,7 @@ def predict(
         if missing:
             raise SemisegInputError(None, f"--image for {', '.join(missing)} missing; the model needs {describe_channels(modalities)}")
         first = next(iter(given.values()))
-        cases, data_scheme = [Case(first.name.split(".nii")[0], {m: given[m] for m in modalities})], None
+        cases, data_scheme = [Case(strip_ending(first.name) or first.name, {m: given[m] for m in modalities})], None
     else:
         cases, data_scheme = resolve_inputs(Path(input_path), modalities)
     for case in cases:
@@ -169,31 +178,34 @@ def predict(
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".semiseg-predict-", dir=out_dir))
     written: list[tuple[Path, Path]] = []
+    segmentations: list[Path] = []
     try:
         with progress_bar() as bar:
-            task = bar.add_task("predict", total=len(cases), info="")
+            task = bar.add_task("predict", total=len(cases), info="", unit="case", every=1)
             for case in cases:
                 prepared = prepare_case(case, model_scheme, normaliser, with_label=False)
                 n_slices = prepared.image.shape[-1]
-                sub = bar.add_task(f"  {case.case_id}", total=n_slices if method.dims == 2 else 1, info="")
+                sub = bar.add_task(f"  {case.case_id}", total=n_slices if method.dims == 2 else 1, info="", every=0)
                 probs, unc = predict_prepared(method, prepared, size, pad, lambda n, sub=sub: bar.advance(sub, n))
                 bar.update(sub, completed=n_slices if method.dims == 2 else 1)
                 geom = prepared.geometry
                 full = geom.uncrop(probs, fill=background)
                 seg = write_scheme.to_values(full.argmax(0).astype(np.uint8))
-                header = original_header(next(iter(case.images.values())))
+                reference = next(iter(case.images.values()))
+                ending = image_ending(reference.name)
                 affine = np.asarray(geom.affine)
-                names = [(f"{case.case_id}.nii.gz", seg)]
+                names = [(f"{case.case_id}{ending}", seg, True)]
                 if probabilities:
-                    names.append((f"{case.case_id}_prob.nii.gz", np.moveaxis(full, 0, -1).astype(np.float32)))
+                    names.append((f"{case.case_id}_prob{ending}", np.moveaxis(full, 0, -1).astype(np.float32), False))
                 if uncertainty:
-                    names.append((f"{case.case_id}_uncertainty.nii.gz", geom.uncrop(unc[None], fill=0.0)[0].astype(np.float32)))
-                for name, arr in names:
-                    write_nifti(tmp / name, arr, affine, header)
+                    names.append((f"{case.case_id}_uncertainty{ending}", geom.uncrop(unc[None], fill=0.0)[0].astype(np.float32), False))
+                for name, arr, is_segmentation in names:
+                    write_like(tmp / name, arr, reference, affine, prediction=is_segmentation)
                     written.append((tmp / name, out_dir / name))
+                    segmentations += [out_dir / name] if is_segmentation else []
                 bar.advance(task)
         for src, dst in written:
             src.replace(dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return [dst for _, dst in written if not dst.name.endswith(("_prob.nii.gz", "_uncertainty.nii.gz"))]
+    return segmentations

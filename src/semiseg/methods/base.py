@@ -74,6 +74,12 @@ class Method(Trainable):
         """Class probabilities (B, C, *S) and an optional uncertainty map (B, *S) for images x."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-voxel features (B, D, *S) the method reads its classes from, for label selection
+        (:mod:`semiseg.selection`): similar images have similar features."""
+        raise NotImplementedError(f"{self.name} has no embedding")
+
     def predict_batch_size(self) -> int:
         """Slices per forward when predicting 2D."""
         return int(self.config.get("predict", {}).get("batch_size", 8))

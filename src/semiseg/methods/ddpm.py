@@ -17,9 +17,12 @@ from semiseg.errors import SemisegInputError
 from semiseg.methods.base import Method, make_ema, register
 from semiseg.models.diffusion import build_sampler, build_scheduler, build_unet
 from semiseg.preprocess.cache import DataInfo
-from semiseg.training.batches import SliceSource, Stream, step_rng
+from semiseg.training.batches import DiffusionBatches, SliceSource, Stream
 from semiseg.training.checkpoint import EMA_PREFIX, fit_state_dict, latest_checkpoint, load_model_state
 from semiseg.training.context import TrainContext
+
+#: axis of a batch of cached slices (B, C, x, y) that runs left-right (RAS: x)
+LEFT_RIGHT_AXIS = -2
 
 
 def unet_config(model: dict[str, Any], slice_size: int) -> dict[str, Any]:
@@ -55,7 +58,13 @@ def load_pretrained_denoiser(run_dir: Path, unet: DiffusionModelUNet, skip: tupl
 
 @register
 class DDPM(Method):
-    """Epsilon-prediction DDPM with MSE loss on MONAI's DiffusionModelUNet and DDPMScheduler."""
+    """DDPM with MSE loss on MONAI's DiffusionModelUNet and DDPMScheduler.
+
+    ``diffusion.prediction``: ``epsilon`` (Ho et al., braintumor-ddpm) or ``v_prediction``
+    (Salimans & Ho 2022); ``diffusion.loss_weighting``: ``uniform`` (the reference) or ``min_snr``
+    (Hang et al. 2023, weight min(SNR, gamma)/SNR for epsilon, min(SNR, gamma)/(SNR + 1) for v),
+    which speeds up convergence by not letting the near-noise-free timesteps dominate.
+    """
 
     name = "ddpm"
     config_files = ["ddpm"]
@@ -66,29 +75,43 @@ class DDPM(Method):
         self.unet = build_unet(unet_config(config["model"], data.slice_size), self.channels)
         self.scheduler = build_scheduler(config["diffusion"])
         self.scale = float(config["diffusion"].get("data_scale", 1.0))
+        self.weighting = str(config["diffusion"].get("loss_weighting", "uniform"))
+        if self.weighting not in ("uniform", "min_snr"):
+            raise SemisegInputError(None, f"diffusion.loss_weighting must be uniform or min_snr, got {self.weighting!r}")
+        self.gamma = float(config["diffusion"].get("min_snr_gamma", 5.0))
         decay = config["train"].get("ema_decay")
         self.ema = make_ema(self.unet, float(decay)) if decay else None
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
         items = ctx.plan.unlabelled_items(ctx.cache)
-        self.source = SliceSource(ctx.cache, items, labelled=False)
-        self.stream = Stream(len(items), int(self.config["train"]["batch_size"]), ctx.seed, ctx.info)
+        source = SliceSource(ctx.cache, items, labelled=False)
+        stream = Stream(len(items), int(self.config["train"]["batch_size"]), ctx.seed, ctx.info)
+        # cached slices are (C, x, y) in RAS order: x runs left-right, so a left-right mirror
+        # (the reference's horizontal flip of a radiological view) flips axis -2; flipping y
+        # would show brains mirrored front to back, which never occur at test time
+        hflip = bool(self.config["train"].get("hflip", True))
+        self._batches = DiffusionBatches(source, stream, self.scale, LEFT_RIGHT_AXIS if hflip else None, ctx.seed, ctx.info.rank)
+
+    def batch_maker(self) -> DiffusionBatches:
+        return self._batches
 
     def next_batch(self, step: int) -> dict[str, torch.Tensor]:
-        assert self.ctx is not None
-        x = self.source.load(self.stream.indices(step))["image"] / self.scale
-        if self.config["train"].get("hflip", True):
-            flip = step_rng(self.ctx.seed, step, self.ctx.info.rank).random(len(x)) < 0.5
-            x[torch.from_numpy(flip)] = torch.flip(x[torch.from_numpy(flip)], dims=[-1])
-        return {"image": x}
+        return self._batches(step)
 
     def forward(self, batch: dict[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         x = batch["image"]
         noise = torch.randn_like(x)
         t = torch.randint(0, self.scheduler.num_train_timesteps, (x.shape[0],), device=x.device)
         noisy = self.scheduler.add_noise(original_samples=x, noise=noise, timesteps=t)
-        return F.mse_loss(self.unet(noisy, t).float(), noise), {}
+        v = self.scheduler.prediction_type == "v_prediction"
+        target = self.scheduler.get_velocity(x, noise, t) if v else noise
+        per_image = F.mse_loss(self.unet(noisy, t).float(), target, reduction="none").flatten(1).mean(1)
+        if self.weighting == "min_snr":
+            alpha = self.scheduler.alphas_cumprod.to(x.device)[t]
+            snr = alpha / (1 - alpha)
+            per_image = per_image * snr.clamp(max=self.gamma) / (snr + 1 if v else snr)
+        return per_image.mean(), {}
 
     def after_optimizer_step(self, step: int) -> None:
         if self.ema is not None:

@@ -67,3 +67,14 @@ class DDPMFinetune(SegmentationMethod):
             noise = torch.randn(x.shape, generator=g).to(x.device, x.dtype)
         noisy, t = self._noised(x, noise)
         return self.unet(noisy, t)
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's last feature map, what the segmentation head reads."""
+        seen: list[torch.Tensor] = []
+        hook = self.unet.out.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+        try:
+            self.logits(x)
+        finally:
+            hook.remove()
+        return seen[0]

@@ -53,7 +53,7 @@ class EmbedMatch(SegmentationMethod):
     def __init__(self, config: dict[str, Any], data: DataInfo) -> None:
         super().__init__(config, data)
         net = config["network"]
-        self.net = SegUNet(self.dims, self.channels, self.num_classes, net["features"], net.get("dropout", 0.3))
+        self.net = SegUNet(self.dims, self.channels, self.num_classes, net["features"], net["dropout"])
         self.teacher = make_ema(self.net, float(config["teacher"]["ema_decay"]))
         if config["teacher"]["policy"] not in ("fixed", "rounds", "ema"):
             from semiseg.errors import SemisegInputError

@@ -30,7 +30,7 @@ class MeanTeacher(SegmentationMethod):
     def __init__(self, config: dict[str, Any], data: DataInfo) -> None:
         super().__init__(config, data)
         net = config["network"]
-        self.net = SegUNet(self.dims, self.channels, self.num_classes, net["features"], net.get("dropout", 0.3))
+        self.net = SegUNet(self.dims, self.channels, self.num_classes, net["features"], net["dropout"])
         self.teacher = make_ema(self.net, float(config["ema_decay"]))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:

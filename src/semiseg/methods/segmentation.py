@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from semiseg.methods.base import Method
 from semiseg.preprocess.cache import DataInfo
 from semiseg.training.augment import Augmenter
-from semiseg.training.batches import PatchSource, SliceSource, Stream, step_rng
+from semiseg.training.batches import PatchSource, SegmentationBatches, SliceSource, Stream
 from semiseg.training.context import TrainContext
 from semiseg.training.losses import SegmentationLoss, entropy
 
@@ -36,7 +35,6 @@ class SegmentationMethod(Method):
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
         bs = int(self.config["train"]["batch_size"])
-        self.augment = Augmenter(self.config.get("augment", {}), self.dims)
         self.labelled = self._source(ctx, ctx.plan.labelled_items(), labelled=True)
         self.labelled_stream = Stream(len(self.labelled), bs, ctx.seed, ctx.info)
         if self.semi_supervised:
@@ -45,23 +43,17 @@ class SegmentationMethod(Method):
                 self.unlabelled = self._source(ctx, unl, labelled=False)
                 ubs = int(self.config.get("unlabelled_batch_size") or bs)
                 self.unlabelled_stream = Stream(len(self.unlabelled), ubs, ctx.seed + 1, ctx.info)
+        self._batches = SegmentationBatches(
+            self.labelled, self.labelled_stream, Augmenter(self.config.get("augment", {}), self.dims, self.data.normaliser.background_value()),
+            ctx.seed, ctx.info.rank,
+            self.unlabelled, self.unlabelled_stream if self.unlabelled is not None else None,
+        )
 
-    def _load(self, source: SliceSource | PatchSource, stream: Stream, step: int, stream_id: int) -> dict[str, torch.Tensor]:
-        idx = stream.indices(step)
-        if isinstance(source, PatchSource):
-            assert self.ctx is not None
-            return source.load(idx, step_rng(self.ctx.seed, step, self.ctx.info.rank, stream_id))
-        return source.load(idx)
+    def batch_maker(self) -> SegmentationBatches:
+        return self._batches
 
     def next_batch(self, step: int) -> dict[str, Any]:
-        assert self.ctx is not None and self.labelled is not None
-        lab = self._load(self.labelled, self.labelled_stream, step, 0)
-        seed = int(np.random.SeedSequence([self.ctx.seed, step, self.ctx.info.rank, 7]).generate_state(1)[0])
-        lab["image"], lab["label"] = self.augment(lab["image"], lab["label"], seed)
-        batch: dict[str, Any] = {"labelled": lab}
-        if self.unlabelled is not None:
-            batch["unlabelled"] = self._load(self.unlabelled, self.unlabelled_stream, step, 1)
-        return batch
+        return self._batches(step)
 
     # ---- the mathematics -------------------------------------------------------------------
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,3 +71,8 @@ class SegmentationMethod(Method):
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         probs = torch.softmax(self.logits(x).float(), dim=1)
         return probs, entropy(probs)
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The U-Net's last decoder feature map, before the 1x1 head (subclasses with a ``net``)."""
+        return self.net.forward_features(x)[1]

@@ -22,7 +22,7 @@ class Supervised(SegmentationMethod):
     def __init__(self, config: dict[str, Any], data: DataInfo) -> None:
         super().__init__(config, data)
         net = config["network"]
-        self.net = SegUNet(self.dims, self.channels, self.num_classes, net["features"], net.get("dropout", 0.0))
+        self.net = SegUNet(self.dims, self.channels, self.num_classes, net["features"], net["dropout"])
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

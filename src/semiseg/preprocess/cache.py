@@ -133,6 +133,11 @@ class Cache:
     def channels(self) -> int:
         return len(self.modalities)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # sent to DataLoader workers without its open memory maps (pickling one copies the whole
+        # array); each process maps the files itself
+        return {**self.__dict__, "_arrays": {}}
+
     def ids(self, role: str | None = None) -> list[str]:
         """Case ids, optionally only those with ``role`` (train, test, unlabelled)."""
         return [cid for cid, c in self.cases.items() if role is None or c.role == role]

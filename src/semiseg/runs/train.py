@@ -23,7 +23,7 @@ from semiseg.runs.record import CONFIG, RunRecord, read_run_record
 from semiseg.training.checkpoint import fit_state_dict, latest_checkpoint, latest_step, load_model_state
 from semiseg.training.context import TrainContext
 from semiseg.training.distributed import barrier, init_distributed, pick_device
-from semiseg.training.loop import fit
+from semiseg.training.loop import check_loop_settings, fit
 from semiseg.training.plan import make_plan
 
 
@@ -70,12 +70,16 @@ def train(
     ddpm_run: str | PathLike | None = None,
     resume: bool = False,
     device: str | None = None,
+    transductive: bool = False,
+    negatives: int = 0,
 ) -> Path:
     """Train ``method_name`` on a cache into the run folder ``out``; return ``out``.
 
     Works the same in one process or under ``torchrun`` (every rank calls it; rank 0 writes).
     With ``resume``, the run's stored configuration is used and training continues from its
-    latest checkpoint; CLI settings other than the device are ignored.
+    latest checkpoint; CLI settings other than the device are ignored. ``transductive``: the cache's
+    test patients' images may be used without labels (semi-supervised methods and the DDPM).
+    ``negatives``: 2D, this many lesion-free slices of the labelled patients labelled as such.
     """
     info = init_distributed()
     out = Path(out)
@@ -95,6 +99,7 @@ def train(
     else:
         cache = Cache(cache_dir)
         config = load_config(cls.config_files, preset, config_file, overrides)
+        check_loop_settings(config["train"])  # before the run folder exists
         if cls.needs_ddpm:
             if ddpm_run is None:
                 raise SemisegInputError(None, f"method {method_name!r} needs a pretrained DDPM: pass --ddpm RUN")
@@ -107,10 +112,9 @@ def train(
         dims = int(config.get("dims", 2))
         if f"{dims}d" not in cache.dims:
             raise SemisegInputError(cache.root, f"was prepared without {dims}D data; prepare it with --dims 2d,3d")
-        plan = make_plan(cache, dims, n_labelled, seed, labelled_items, all_cases=not cls.segments)
-        if not cls.segments and config["train"].get("exclude_test"):
-            test = set(plan.test)
-            plan = type(plan)(plan.dims, plan.labelled, tuple(c for c in plan.unlabelled_cases if c not in test), plan.test)
+        plan = make_plan(cache, dims, n_labelled, seed, labelled_items, unlabelled_only=not cls.segments,
+                         transductive=transductive and (cls.semi_supervised or not cls.segments),
+                         negatives=negatives if cls.segments else 0)
         record = RunRecord(
             method=method_name, preset=preset, seed=seed, cache=str(cache.root.resolve()), data=cache.data_info(),
             plan=plan, config=config, semiseg_version=semiseg.__version__,
@@ -136,10 +140,12 @@ def train(
     )
     if info.main:
         n_lab = len(record.plan.labelled)
-        what = f"{n_lab} labelled {'slices' if record.plan.dims == 2 else 'cases'}, " if cls.segments else ""
+        neg = f" + {len(record.plan.negatives)} lesion-free" if record.plan.negatives else ""
+        what = f"{n_lab}{neg} labelled {'slices' if record.plan.dims == 2 else 'cases'}, " if cls.segments else ""
         log(
             f"[bold]{method_name}[/]: {what}{len(record.plan.unlabelled_cases)} "
-            f"{'unlabelled ' if cls.segments else ''}cases, {ctx.total_steps} steps on {ctx.device}"
+            f"{'unlabelled ' if cls.segments else ''}cases{' (test patients included: transductive)' if record.plan.transductive else ''}, "
+            f"{ctx.total_steps} steps on {ctx.device}"
             + (f" x {info.world} processes" if info.distributed else "")
         )
     fit(method, ctx, resume=resume)

@@ -49,7 +49,7 @@ def run_demo(out: str | PathLike = "semiseg-demo", quick: bool = False, device: 
     if not data.exists():
         log(f"[bold]1/4 synth[/] {mode['cases']} phantom cases -> {data}")
         with progress_bar() as bar:
-            task = bar.add_task("synth", total=mode["cases"], info="")
+            task = bar.add_task("synth", total=mode["cases"], info="", unit="case")
             write_phantom_dataset(
                 data, mode["cases"], seed=seed, shape=mode["shape"], spacing=(mode["spacing"],) * 3,
                 progress=lambda i, n: bar.update(task, completed=i),

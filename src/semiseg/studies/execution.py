@@ -16,6 +16,12 @@ process (and Slurm job) that did it.
 
 A run's state: ``done`` (its test metrics exist), ``running`` (another process holds its lock),
 ``failed`` (a failure record and not done) or ``to do``.
+
+Guided label selection (a study's ``selection`` block, :mod:`semiseg.studies.active`) runs chains
+of rounds, each round trained on the previous round's picks: they run after the study's other runs,
+one chain after another under ``OUT/locks/selection.lock`` (a process that finds it held waits),
+in the sweep's main process (or, on Slurm, in the report job). External methods' predictions are
+checked in the set-up stage and scored whenever the report is written.
 """
 
 from __future__ import annotations
@@ -45,14 +51,18 @@ from semiseg.progress import log, progress_bar, set_enabled
 from semiseg.studies.sweep import (
     RunKey,
     Study,
+    check_external,
     is_done,
     overlay_slices,
     prepare_study_cache,
     pretrain_study_ddpm,
     run_one,
+    score_external,
     study_runs,
-    write_results,
+    upper_bound_jobs,
+    write_study_outputs,
 )
+from semiseg.training.log import TIMING_FILE, WallClock
 
 LOCKS = "locks"
 FAILURES = "failures"
@@ -195,11 +205,12 @@ def read_failure(out: str | PathLike, run: RunKey) -> Failure | None:
         raise SemisegInputError(path, "is not a failure record written by semiseg (delete it to retry the run)") from None
 
 
-def run_state(out: str | PathLike, run: RunKey) -> str:
-    """done, running, failed or to do (see the module's docstring)."""
+def run_state(out: str | PathLike, run: RunKey, lock: str | None = None) -> str:
+    """done, running, failed or to do (see the module's docstring); ``lock``: the lock that is held
+    while the run trains (default its own; guided selection's rounds: the selection lock)."""
     if is_done(out, run):
         return DONE
-    if is_locked(out, run.name):
+    if is_locked(out, lock or run.name):
         return RUNNING
     if failure_file(out, run).exists():
         return FAILED
@@ -267,6 +278,8 @@ def setup_study(study: Study) -> StudySetup:
         cache = prepare_study_cache(study)
         if len(cache.ids("test")) == 0:
             raise SemisegInputError(cache.root, "has no test patients; prepare it with --test-fraction above 0")
+        if info.main:
+            check_external(study, cache)
         ddpm_run = None
         if needs_ddpm(study):
             ddpm = _ddpm_root(study)
@@ -345,6 +358,45 @@ def failure_error(failure: Failure) -> Exception:
 # -- running many runs -----------------------------------------------------------------------------
 
 
+# -- guided selection and external methods -------------------------------------------------------
+
+
+SELECTION = "selection"
+
+
+def guided_runs(study: Study) -> list[RunKey]:
+    """The rounds of the study's guided selection chains (none without a selection block)."""
+    from semiseg.studies.active import guided_jobs
+
+    return [RunKey(*job) for job in guided_jobs(study)]
+
+
+def run_selection(study: Study, setup: StudySetup) -> None:
+    """Run (or finish) the guided selection chains once, under the selection lock; a failure is
+    recorded as the failure of the first unfinished round and raised."""
+    from semiseg.studies.active import run_guided
+
+    out = Path(study.out)
+    rounds = guided_runs(study)
+    if all(is_done(out, run) for run in rounds):
+        return
+    with holding(out, SELECTION, waiting="waiting for another process running the guided selection rounds"):
+        todo = [run for run in rounds if not is_done(out, run)]
+        if not todo:
+            return
+        log_event(out, f"guided selection: {len(todo)} rounds to run ({_where()})")
+        try:
+            run_guided(study, Cache(setup.cache), setup.ddpm_run, [tuple(k) for k in setup.keep])
+        except Exception as exc:
+            run = next((r for r in todo if not is_done(out, r)), todo[0])
+            failure = record_failure(out, run, exc)
+            log_event(out, f"failed {run}: {failure.error}")
+            raise
+        for run in todo:
+            failure_file(out, run).unlink(missing_ok=True)
+        log_event(out, "guided selection: done")
+
+
 def shard_runs(runs: Sequence[RunKey], shard: tuple[int, int] | None) -> list[RunKey]:
     """Shard i of n takes every n-th run of the job order, starting with the i-th."""
     if shard is None:
@@ -407,22 +459,33 @@ def sweep_study(study: Study, *, workers: int | None = None, gpus: Sequence[str]
     except OSError as exc:
         raise SemisegInputError(out, f"cannot be created ({exc.strerror or exc})") from None
     write_json(out / "study.json", asdict(study))
+    clock = WallClock(out / TIMING_FILE, "sweep")
     if threads:  # the set-up too: the DDPM's weights, and so the diffusion methods' results, depend on it on a CPU
         torch.set_num_threads(threads)
     since = time.time()
     setup = setup_study(study)
-    runs = shard_runs(study_runs(study), shard)
+    clock.tick()
+    runs = shard_runs(study_runs(study, Cache(setup.cache)), shard)
     with progress_bar() as bar:
-        task = bar.add_task("sweep", total=len(runs), info="")
+        task = bar.add_task("sweep", total=len(runs), info="", unit="run", every=1)
 
         def advance(outcome: RunOutcome) -> None:
+            clock.tick()
             bar.update(task, advance=1, info=f"{outcome.run}: {outcome.status}")
 
         if workers == 1 and not gpus:
             _run_here(study, setup, runs, keep_going, since, advance)
         else:
             _run_pool(study, setup, runs, workers, gpus, threads or max(1, available_cores() // workers), keep_going, since, advance)
-    return finish_study(study, setup)
+    if study.selection:
+        try:
+            run_selection(study, setup)
+        except Exception:
+            if not keep_going:
+                raise
+    outcome = finish_study(study, setup)
+    clock.tick()
+    return outcome
 
 
 def _run_here(study: Study, setup: StudySetup, runs: list[RunKey], keep_going: bool, since: float, advance) -> None:
@@ -471,8 +534,10 @@ def finish_study(study: Study, setup: StudySetup | None = None) -> SweepOutcome:
     """Write results, summary, figures and report from the finished runs if no run is unfinished
     (done or failed is final; to do or running is not), under the report lock."""
     out = Path(study.out)
-    runs = study_runs(study)
-    states = {run: run_state(out, run) for run in runs}
+    setup = setup or existing_setup(study, complete=False)
+    runs = study_runs(study, Cache(setup.cache) if setup else None)
+    states = {run: run_state(out, run) for run in runs} | {run: run_state(out, run, SELECTION) for run in guided_runs(study)}
+    runs = list(states)
     failures = [f for run in runs if states[run] == FAILED and (f := read_failure(out, run)) is not None]
     unfinished = [run for run in runs if states[run] in (TODO, RUNNING)]
     if unfinished:
@@ -489,16 +554,30 @@ def write_report_now(study: Study, setup: StudySetup | None = None) -> Path:
     setup = setup or existing_setup(study, complete=False)
     if setup is None:
         raise SemisegInputError(out, "has no prepared data yet, so there is nothing to report (run the sweep first)")
-    missing = []
-    for run in study_runs(study):
-        state = run_state(out, run)
-        if state == FAILED:
+    cache = Cache(setup.cache)
+    grid, upper, guided = study_runs(study), [RunKey(*job) for job in upper_bound_jobs(study, cache)], guided_runs(study)
+    missing, done = [], set()
+    for run in dict.fromkeys(grid + upper + guided):
+        state = run_state(out, run, SELECTION if run in guided else None)
+        if state == DONE:
+            done.add(run)
+        elif state == FAILED:
             failure = read_failure(out, run)
             missing.append((str(run), f"failed: {failure.error if failure else '?'}"))
-        elif state != DONE:
+        else:
             missing.append((str(run), "running" if state == RUNNING else "not run yet"))
+    keep = [tuple(k) for k in setup.keep]
     with holding(out, "report", waiting="waiting for another process writing the report"):
-        return write_results(study, Cache(setup.cache), setup.ddpm_run, [tuple(k) for k in setup.keep], missing)
+        # the order of results.csv: the grid, external methods, guided rounds; then the upper bound
+        jobs = [(r.method, r.budget, r.seed) for r in grid if r in done]
+        for ext in study.external_methods():  # scored afresh: the predictions may have been remade
+            for b in study.budgets:
+                for s in study.seeds:
+                    score_external(study, cache, ext, b, s, keep)
+                    jobs.append((ext.name, b, s))
+        jobs += [(r.method, r.budget, r.seed) for r in guided if r in done]
+        return write_study_outputs(study, cache, jobs, [(r.method, r.budget, r.seed) for r in upper if r in done], keep, setup.ddpm_run,
+                                   missing)
 
 
 @dataclass(frozen=True)
@@ -517,9 +596,11 @@ def study_status(study: Study) -> tuple[str, list[RunStatus]]:
         setup = DONE
     else:
         setup = RUNNING if is_locked(out, "setup") else TODO
+    found = existing_setup(study, complete=False)
+    runs = study_runs(study, Cache(found.cache) if found else None)
     rows = []
-    for run in study_runs(study):
-        state = run_state(out, run)
+    for run in runs + guided_runs(study):
+        state = run_state(out, run, SELECTION if run not in runs else None)
         detail = ""
         if state == FAILED and (failure := read_failure(out, run)) is not None:
             detail = f"{failure.error.splitlines()[0] if failure.error else ''} ({failure.host}, {failure.time})"

@@ -19,7 +19,7 @@ only the largest connected component of the predicted foreground, as ``all_slice
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -60,8 +60,11 @@ def keep_largest_component(pred: np.ndarray) -> np.ndarray:
 
 
 def _rows(case_id: str, slice_index: int | str, protocol: str, metrics: dict[str, dict[str, float]], names: Sequence[str]) -> list[dict]:
+    """Result rows; each carries the region's voxel counts in ground truth and prediction, which say
+    whether a score was left out (both empty) or is a miss (exactly one empty)."""
     return [
-        {"case": case_id, "slice": slice_index, "protocol": protocol, "region": region, "metric": m, "value": values[m]}
+        {"case": case_id, "slice": slice_index, "protocol": protocol, "region": region, "metric": m, "value": values[m],
+         "gt_voxels": int(values["gt_voxels"]), "pred_voxels": int(values["pred_voxels"])}
         for region, values in metrics.items()
         for m in names
     ]
@@ -93,9 +96,16 @@ def score_all_slices(pred: np.ndarray, gt: np.ndarray, cache: Cache, spacing: Se
             "dice": float(np.nanmean(dice)) if defined.any() else float("nan"),
             "iou": float(np.nanmean(iou)) if defined.any() else float("nan"),
             "fp_slices": float((n_p[empty] > 0).mean()) if empty.any() else float("nan"),
+            "gt_voxels": int(n_g.sum()),
+            "pred_voxels": int(n_p.sum()),
         }
         rows += _rows(case_id, "", protocol, {region: values}, ("dice", "iou", "fp_slices"))
     return rows
+
+
+#: a case's predicted class map, stacked along the first axis: (Z, S, S) slices in 2D, (Z, X, Y) in
+#: 3D; given the case and, in 2D, the slices that must be predicted (the others may stay 0)
+Predicted = Callable[[str, list[int]], np.ndarray]
 
 
 def evaluate_on_cache(
@@ -111,19 +121,42 @@ def evaluate_on_cache(
     returns metric rows and the predicted class maps of the slices listed in ``keep``
     (``"case:z"`` -> 2D class map), for overlay figures. Without ``whole_volume`` a 2D method is
     scored on its central slices only (and only those are predicted)."""
+
+    def predicted(cid: str, zs: list[int]) -> np.ndarray:
+        if method.dims == 2:
+            pred = np.zeros((cache.cases[cid].n_slices, cache.slice_size, cache.slice_size), np.uint8)  # (Z, S, S)
+            if zs:
+                probs, _ = predict_slices(method, np.asarray(cache.slices(cid)[zs]))
+                pred[zs] = probs.argmax(1)
+            return pred
+        probs, _ = predict_volume(method, np.asarray(cache.volume(cid)))
+        return np.moveaxis(probs.argmax(0).astype(np.uint8), -1, 0)
+
+    return score_class_maps(cache, case_ids, method.dims, predicted, slices_per_case, keep, postprocess, whole_volume)
+
+
+def score_class_maps(
+    cache: Cache,
+    case_ids: Sequence[str],
+    dims: int,
+    predicted: Predicted,
+    slices_per_case: int | None = None,
+    keep: Sequence[tuple[str, int]] = (),
+    postprocess: str | None = None,
+    whole_volume: bool = True,
+) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Score the class maps ``predicted`` gives for the test cases, whoever made them (a trained
+    method, or an external tool's predictions): the rows and kept slices of :func:`evaluate_on_cache`."""
     if postprocess is not None and postprocess not in POSTPROCESS:
         raise ValueError(f"unknown post-processing {postprocess!r}; choose one of {', '.join(POSTPROCESS)}")
     rows: list[dict] = []
     kept: dict[str, np.ndarray] = {}
     for cid in case_ids:
         geom = cache.cases[cid].geometry
-        if method.dims == 2:
+        if dims == 2:
             central = central_slices(cache, cid, slices_per_case) if slices_per_case else []
             zs = list(range(cache.cases[cid].n_slices)) if whole_volume else sorted(set(central) | {z for c, z in keep if c == cid})
-            pred = np.zeros((cache.cases[cid].n_slices, cache.slice_size, cache.slice_size), np.uint8)  # (Z, S, S)
-            if zs:
-                probs, _ = predict_slices(method, np.asarray(cache.slices(cid)[zs]))
-                pred[zs] = probs.argmax(1)
+            pred = predicted(cid, zs)
             gt = np.asarray(cache.slice_labels(cid))
             sx, sy = geom.slice_spacing(cache.slice_size)
             slice_spacing, volume_spacing = (sx, sy), (geom.spacing[2], sx, sy)
@@ -132,15 +165,14 @@ def evaluate_on_cache(
                     metrics = region_metrics(cache.scheme.to_values(pred[z]), cache.scheme.to_values(gt[z]), cache.scheme, slice_spacing)
                     rows += _rows(cid, geom.input_slice(z), "central_slices", metrics, ("dice", "iou", "hd95"))
         else:
-            probs, _ = predict_volume(method, np.asarray(cache.volume(cid)))
             # stacked along the first axis like the 2D methods' slices: (Z, X, Y)
-            pred = np.moveaxis(probs.argmax(0).astype(np.uint8), -1, 0)
+            pred = predicted(cid, [])
             gt = np.moveaxis(np.asarray(cache.volume_label(cid)), -1, 0)
             volume_spacing = (geom.spacing[2], geom.spacing[0], geom.spacing[1])
         for kc, kz in keep:
             if kc == cid:
                 kept[f"{cid}:{kz}"] = pred[kz]
-        if method.dims == 2 and not whole_volume:
+        if dims == 2 and not whole_volume:
             continue
         variants = [("", pred)]
         if postprocess:

@@ -37,7 +37,7 @@ def pick_slices(cache: Cache, case_id: str, count: int) -> list[int]:
 
 def run_patient(
     case_dir: str | PathLike,
-    out: str | PathLike,
+    out: str | PathLike | None = None,
     method: str = "supervised",
     label_slices: list[int] | None = None,
     label_count: int | None = None,
@@ -55,7 +55,8 @@ def run_patient(
 
     Args:
         case_dir: one case folder (BraTS naming) with its label file.
-        out: output folder: cache, run(s), ``<case>.nii.gz``, ``slice_dice.csv``/``.png``.
+        out: output folder: cache, run(s), ``<case>.nii.gz``, ``slice_dice.csv``/``.png``; default
+            ``<case>-patient`` in the current folder.
         label_slices: axial slice indices of the input volume to train on, or
         label_count: how many tumour-bearing slices to pick evenly over the lesion.
 
@@ -65,7 +66,7 @@ def run_patient(
     from semiseg.inference.predict import predict
     from semiseg.runs import ensure_trained
 
-    out = Path(out)
+    out = Path(out) if out is not None else Path(f"{Path(case_dir).resolve().name}-patient")
     dataset = discover(case_dir, modalities)
     if len(dataset.cases) != 1:
         raise SemisegInputError(case_dir, f"holds {len(dataset.cases)} cases; give one case folder")

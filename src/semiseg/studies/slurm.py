@@ -6,8 +6,10 @@ One ``semiseg sweep STUDY --executor slurm`` call submits, from a login node:
    it runs one task per GPU and the DDPM trains with DDP across them;
 2. the unfinished runs as one job array that starts when the set-up job has succeeded, at most
    ``array_parallelism`` tasks at a time;
-3. a report job that starts when every array task has ended (finished, failed or cancelled) and
-   writes results, summary, figures and report from the finished runs, naming the others.
+3. a report job that starts when every array task has ended (finished, failed or cancelled), runs
+   what cannot be an array task (guided selection's chains of rounds; the upper-bound runs when the
+   data were not prepared at submission, so their budget was unknown) and writes results, summary,
+   figures and report from the finished runs, naming the others.
 
 Every job is checkpointable (submitit's ``checkpoint`` + requeue): a job that Slurm preempts or
 that reaches its time limit gets the USR2 signal first, is requeued and, when it starts again,
@@ -36,9 +38,25 @@ from submitit.helpers import Checkpointable, TorchDistributedEnvironment
 
 from semiseg.errors import SemisegInputError
 from semiseg.files import read_json, write_json
+from semiseg.preprocess.cache import Cache
 from semiseg.progress import set_enabled
-from semiseg.studies.execution import DONE, RUNNING, attempt, existing_setup, holding, run_state, setup_study, write_report_now
+from semiseg.studies.execution import (
+    DONE,
+    RUNNING,
+    TODO,
+    attempt,
+    existing_setup,
+    guided_runs,
+    holding,
+    is_done,
+    run_selection,
+    run_state,
+    setup_study,
+    slurm_job_id,
+    write_report_now,
+)
 from semiseg.studies.sweep import RunKey, Study, study_runs
+from semiseg.training.log import TIMING_FILE, WallClock
 
 SLURM = "slurm"
 JOBS = "jobs.json"
@@ -114,7 +132,7 @@ class Submission:
 
     time: str
     setup: str | None
-    array: str
+    array: str | None
     report: str
     runs: dict[str, str]
 
@@ -168,10 +186,12 @@ def slurm_status(out: str | Path) -> SlurmStatus | None:
     )
 
 
-def _in_job(threads: int | None) -> None:
-    """Settings of every job: no progress bars in the logs; torch threads as given, else the job's CPUs."""
+def _in_job(study: Study, threads: int | None) -> WallClock:
+    """Settings of every job: no progress bars in the logs; torch threads as given, else the job's
+    CPUs. Returns the job's session of the study's wall time (OUT/timing.json), like a local sweep's."""
     set_enabled(False)
     torch.set_num_threads(threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
+    return WallClock(Path(study.out) / TIMING_FILE, "sweep", slurm_job=slurm_job_id())
 
 
 class SetupTask(Checkpointable):
@@ -182,10 +202,12 @@ class SetupTask(Checkpointable):
         self.threads = threads
 
     def __call__(self) -> str:
-        _in_job(self.threads)
+        clock = _in_job(self.study, self.threads)
         if submitit.JobEnvironment().num_tasks > 1:
             TorchDistributedEnvironment().export()  # RANK, WORLD_SIZE, MASTER_ADDR ... as torchrun would
-        return str(setup_study(self.study).cache)
+        cache = setup_study(self.study).cache
+        clock.tick()
+        return str(cache)
 
 
 class RunTask(Checkpointable):
@@ -196,23 +218,44 @@ class RunTask(Checkpointable):
         self.threads = threads
 
     def __call__(self, run: RunKey) -> str:
-        _in_job(self.threads)
-        setup = existing_setup(self.study)
-        if setup is None:
-            raise SemisegInputError(self.study.out, "the set-up stage (prepare + DDPM) has not finished")
-        return attempt(self.study, setup, run, wait=True, raise_errors=True).status
+        clock = _in_job(self.study, self.threads)
+        status = attempt(self.study, _setup_done(self.study), run, wait=True, raise_errors=True).status
+        clock.tick()
+        return status
 
 
-class ReportTask:
-    """The report job: results, summary, figures and report from whatever has finished."""
+def _setup_done(study: Study):
+    setup = existing_setup(study)
+    if setup is None:
+        raise SemisegInputError(study.out, "the set-up stage (prepare + DDPM) has not finished")
+    return setup
 
-    def __init__(self, study: Study, threads: int | None) -> None:
+
+class ReportTask(Checkpointable):
+    """The report job: the runs no array task had (see the module's docstring), then results,
+    summary, figures and report from whatever has finished. ``submitted``: the names of the runs
+    that have array tasks (cancelled or failed ones stay so)."""
+
+    def __init__(self, study: Study, threads: int | None, submitted: list[str]) -> None:
         self.study = study
         self.threads = threads
+        self.submitted = submitted
 
     def __call__(self) -> str:
-        _in_job(self.threads)
-        return str(write_report_now(self.study))
+        clock = _in_job(self.study, self.threads)
+        setup = _setup_done(self.study)
+        out = Path(self.study.out)
+        for run in study_runs(self.study, Cache(setup.cache)):
+            if run.name not in self.submitted and run_state(out, run) == TODO:
+                attempt(self.study, setup, run, wait=True)  # a failure is recorded and reported
+        if self.study.selection:
+            try:
+                run_selection(self.study, setup)
+            except Exception:  # recorded as the failure of its round, which the report names
+                pass
+        report = write_report_now(self.study, setup)
+        clock.tick()
+        return str(report)
 
 
 def _executor(out: Path, opts: SlurmOptions, name: str, gpus: int, tasks: int = 1, dependency: str | None = None,
@@ -264,8 +307,12 @@ def submit_study(study: Study, opts: SlurmOptions) -> Submission | None:
     with holding(out, "submit", waiting="waiting for another submission of this study"):
         status = slurm_status(out)
         queued = {name for name, (_, state) in (status.runs if status else {}).items() if state in ACTIVE}
-        todo = [r for r in study_runs(study) if run_state(out, r) not in (DONE, RUNNING) and r.name not in queued]
-        if not todo:
+        prepared = existing_setup(study, complete=False)
+        todo = [r for r in study_runs(study, Cache(prepared.cache) if prepared else None)
+                if run_state(out, r) not in (DONE, RUNNING) and r.name not in queued]
+        # what only the report job runs: guided rounds, upper-bound runs whose budget is not known yet
+        extra = (study.upper_bound and prepared is None) or any(not is_done(out, r) for r in guided_runs(study))
+        if not todo and not (extra and not (status and status.report and status.report[1] in ACTIVE)):
             return None
         setup_id, new_setup = None, None
         if existing_setup(study) is None:
@@ -276,12 +323,15 @@ def submit_study(study: Study, opts: SlurmOptions) -> Submission | None:
                 executor = _executor(out, opts, "semiseg-setup", gpus, tasks=max(1, gpus))
                 new_setup = _submitted("set-up job", lambda: executor.submit(SetupTask(study, opts.threads)))
                 setup_id = new_setup.job_id
-        executor = _executor(out, opts, "semiseg-runs", opts.gpus_per_run, dependency=f"afterok:{setup_id}" if setup_id else None, array=True)
+        after_setup = f"afterok:{setup_id}" if setup_id else None
+        jobs, array_id = [], None
         try:
-            jobs = _submitted("job array", lambda: executor.map_array(RunTask(study, opts.threads), todo))
-            array_id = jobs[0].job_id.split("_")[0]
-            executor = _executor(out, opts, "semiseg-report", opts.gpus_per_run, dependency=f"afterany:{array_id}")
-            report = _submitted("report job", lambda: executor.submit(ReportTask(study, opts.threads)))
+            if todo:
+                executor = _executor(out, opts, "semiseg-runs", opts.gpus_per_run, dependency=after_setup, array=True)
+                jobs = _submitted("job array", lambda: executor.map_array(RunTask(study, opts.threads), todo))
+                array_id = jobs[0].job_id.split("_")[0]
+            executor = _executor(out, opts, "semiseg-report", opts.gpus_per_run, dependency=f"afterany:{array_id}" if array_id else after_setup)
+            report = _submitted("report job", lambda: executor.submit(ReportTask(study, opts.threads, [r.name for r in todo])))
         except BaseException:
             if new_setup is not None:  # nothing would wait for it
                 new_setup.cancel(check=False)

@@ -7,9 +7,15 @@ Layout of a study folder::
     OUT/cache/                the prepared data (unless the study names an existing cache)
     OUT/ddpm/                 the shared DDPM pretraining run (diffusion methods)
     OUT/runs/<method>/n<budget>-s<seed>/   one run folder each, with test_metrics.csv when finished
+                              (external methods: just their scores, recomputed on every sweep)
     OUT/results.csv           one row per test slice (or case) x region x metric x method x budget x seed
-    OUT/summary.csv           mean and standard deviation over seeds per method x budget x region x metric
-    OUT/label_efficiency.png, OUT/overlays.png, OUT/report.html
+    OUT/summary.csv           per method x budget x protocol x region x metric: mean and standard deviation
+                              over seeds, what was scored, paired comparisons (semiseg.studies.stats)
+    OUT/per_patient.csv       each test patient's value per method x budget x protocol x region x metric
+    OUT/summary.tex           the main Dice table for LaTeX
+    OUT/provenance.json       versions, configurations, item IDs and wall times of every run
+    OUT/timing.json           wall time of the sweep sessions (each run has its own timing.json)
+    OUT/*.png|pdf|svg, OUT/report.html
     OUT/locks/, OUT/failures/, OUT/sweep.log   who runs what, what failed (:mod:`semiseg.studies.execution`)
     OUT/slurm/                submitit's jobs, when the study runs on Slurm (:mod:`semiseg.studies.slurm`)
 
@@ -18,29 +24,41 @@ and testing); an interrupted run is resumed from its last checkpoint, which cont
 a restarted sweep redoes nothing and ends with the results an uninterrupted one would have. How the
 runs are executed (here, in a worker pool, by several processes at once, on Slurm) is
 :mod:`semiseg.studies.execution`'s and :mod:`semiseg.studies.slurm`'s.
+
+``external`` methods (predictions made by another tool, e.g. nnU-Net trained on ``semiseg
+export-nnunet``'s datasets; see :mod:`semiseg.studies.external`) are scored by the same
+evaluation and appear in the same tables, plots and report. Their folders are checked before any
+training starts.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from semiseg.config import read_yaml_file
 from semiseg.errors import SemisegInputError
 from semiseg.files import read_csv, write_csv, write_json
 from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache
-from semiseg.progress import log
+from semiseg.progress import log, progress_bar
 
-RESULT_FIELDS = ["method", "budget", "seed", "case", "slice", "protocol", "region", "metric", "value"]
-SUMMARY_FIELDS = ["method", "budget", "protocol", "region", "metric", "mean", "std", "n_seeds", "n_values"]
-TEST_FIELDS = ["case", "slice", "protocol", "region", "metric", "value"]
+RESULT_FIELDS = ["method", "budget", "seed", "case", "slice", "protocol", "region", "metric", "value", "gt_voxels", "pred_voxels"]
+#: the comparison columns of summary.csv, once against the supervised baseline and once against the
+#: best other method of the cell (see semiseg.studies.stats)
+COMPARISON_FIELDS = ["n", "diff", "ci_low", "ci_high", "p", "p_holm"]
+SUMMARY_FIELDS = (
+    ["method", "budget", "protocol", "region", "metric", "mean", "std", "n_seeds", "n_values", "median", "n_patients", "n_empty", "n_misses"]
+    + [f"vs_supervised_{f}" for f in COMPARISON_FIELDS] + ["best_other"] + [f"vs_best_other_{f}" for f in COMPARISON_FIELDS]
+    + ["significantly_best"]
+)
+PATIENT_FIELDS = ["method", "budget", "protocol", "region", "metric", "case", "value", "n_seeds", "n_scored", "n_empty", "n_misses"]
+TEST_FIELDS = ["case", "slice", "protocol", "region", "metric", "value", "gt_voxels", "pred_voxels"]
 TEST_METRICS = "test_metrics.csv"
 OVERLAY_PREDICTIONS = "test_overlays.npz"
 
@@ -65,12 +83,32 @@ class Study:
     settings: dict[str, list[str]] = field(default_factory=dict)
     test_slices_per_case: int | None = 7
     whole_volume: bool = True
+    #: the test patients' images may be used unlabelled by every method that uses unlabelled data
+    #: (the DDPM included), as in the diffusion paper; false: no test image is ever trained on
+    transductive: bool = True
+    #: 2D: lesion-free slices of the labelled patients labelled as such, per run, beside the budget
+    negatives: int = 0
     postprocess: str | None = "largest_component"
     overlays: int = 4
     device: str | None = None
+    #: guided label selection beside the random draws (:mod:`semiseg.studies.active`), e.g.
+    #: {strategy: hybrid, rounds: [2, 5, 10]}
+    selection: dict[str, Any] | None = None
+    upper_bound: bool = False
+    #: predictions made outside semiseg: name -> {predictions: folder template, space: export|original}
+    external: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def method_overrides(self, method: str) -> list[str]:
         return list(self.settings.get("all", [])) + list(self.settings.get(method, []))
+
+    def external_methods(self) -> list[Any]:
+        from semiseg.studies.external import ExternalMethod
+
+        return [ExternalMethod(name, spec["predictions"], spec.get("space", "export")) for name, spec in self.external.items()]
+
+    def method_names(self) -> list[str]:
+        """Every method the study reports: its own, then the external ones."""
+        return list(self.methods) + list(self.external)
 
 
 def load_study(path: str | PathLike | None = None, **values: Any) -> Study:
@@ -81,10 +119,9 @@ def load_study(path: str | PathLike | None = None, **values: Any) -> Study:
         path = Path(path)
         if not path.is_file():
             raise SemisegInputError(path, "study file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SemisegInputError(path, f"is not valid YAML ({str(exc).splitlines()[0]})") from None
+        raw = read_yaml_file(path, "study file") or {}
+        if not isinstance(raw, dict):
+            raise SemisegInputError(path, "a study file must hold a mapping of settings (out, data, methods, budgets, ...)")
         base = path.parent
     raw.update({k: v for k, v in values.items() if v is not None})
     known = set(Study.__dataclass_fields__)
@@ -103,11 +140,28 @@ def load_study(path: str | PathLike | None = None, **values: Any) -> Study:
     if ddpm.get("run") and not Path(ddpm["run"]).is_absolute():
         ddpm["run"] = str(base / ddpm["run"])
     raw["ddpm"] = ddpm
+    from semiseg.studies.external import ExternalMethod
+
+    external = raw.get("external") or {}
+    if not isinstance(external, dict):
+        raise SemisegInputError(path, f"external must map method names to prediction folders, got {external!r}")
+    for name, spec in list(external.items()):
+        if name in (raw.get("methods") or []):
+            raise SemisegInputError(path, f"external method {name!r} has the name of one of the study's methods")
+        ext = ExternalMethod.parse(str(name), spec, base, path)
+        external[name] = {"predictions": ext.predictions, "space": ext.space}
+    raw["external"] = external
     study = Study(**raw)
     for m in study.methods:
         get_method(m)
     if not study.budgets or min(study.budgets) < 1:
         raise SemisegInputError(path, f"budgets must be positive integers, got {study.budgets}")
+    if study.selection is not None:
+        from semiseg.studies.active import SelectionPlan
+
+        SelectionPlan.from_study(study.selection, path)
+    if not isinstance(study.upper_bound, bool):
+        raise SemisegInputError(path, f"upper_bound must be true or false, got {study.upper_bound!r}")
     return study
 
 
@@ -123,19 +177,31 @@ def prepare_study_cache(study: Study) -> Cache:
         return Cache(target)
     log(f"[bold]prepare[/] {study.data} -> {target}")
     dataset = discover(study.data, study.modalities)
-    return build_cache(dataset, target, slice_size=study.slice_size, test_fraction=study.test_fraction, split_seed=study.split_seed)
+    with progress_bar() as bar:
+        task = bar.add_task("prepare", total=len(dataset.cases), info="", unit="case")
+        return build_cache(
+            dataset, target, slice_size=study.slice_size, test_fraction=study.test_fraction, split_seed=study.split_seed,
+            progress=lambda i, n: bar.update(task, completed=i),
+        )
 
 
 def pretrain_study_ddpm(study: Study, cache: Cache) -> Path:
     """The DDPM shared by the study's diffusion methods: the given run, or OUT/ddpm (resumed)."""
+    from semiseg.runs import read_run_record
     from semiseg.runs.train import ensure_trained, is_finished
 
     if study.ddpm.get("run"):
-        return Path(study.ddpm["run"])
+        run = Path(study.ddpm["run"])
+        if read_run_record(run).plan.transductive and not study.transductive:
+            raise SemisegInputError(run, "this DDPM was trained on the test patients' images too, but the study is inductive (transductive: false)")
+        return run
     run = Path(study.out) / "ddpm"
     if not is_finished(run):
         log(f"[bold]pretrain[/] DDPM ({study.ddpm['preset']} preset) -> {run}")
-    return ensure_trained(run, cache.root, "ddpm", preset=study.ddpm["preset"], overrides=study.ddpm.get("set") or [], device=study.device)
+    return ensure_trained(
+        run, cache.root, "ddpm", preset=study.ddpm["preset"], overrides=study.ddpm.get("set") or [], device=study.device,
+        transductive=study.transductive,
+    )
 
 
 def overlay_slices(cache: Cache, test: list[str], count: int, dims: int) -> list[tuple[str, int]]:
@@ -184,9 +250,15 @@ class RunKey:
         return f"{self.method} n={self.budget} seed={self.seed}"
 
 
-def study_runs(study: Study) -> list[RunKey]:
-    """Every run of a study in job order (budget, seed, method), the order of results.csv."""
-    return [RunKey(m, b, s) for b in study.budgets for s in study.seeds for m in study.methods]
+def study_runs(study: Study, cache: Cache | None = None) -> list[RunKey]:
+    """Every run the sweep trains one by one, in job order (budget, seed, method), the order of
+    results.csv; given the cache, then the upper-bound runs (their budget is the cache's labelled
+    pool) that are not among them. Guided selection's rounds are chains, run by
+    :func:`semiseg.studies.active.run_guided`."""
+    runs = [RunKey(m, b, s) for b in study.budgets for s in study.seeds for m in study.methods]
+    if cache is not None:
+        runs += [run for run in (RunKey(*job) for job in upper_bound_jobs(study, cache)) if run not in runs]
+    return runs
 
 
 def is_done(out: str | PathLike, run: RunKey) -> bool:
@@ -194,51 +266,130 @@ def is_done(out: str | PathLike, run: RunKey) -> bool:
     return (run.folder(out) / TEST_METRICS).exists()
 
 
-def run_one(study: Study, cache: Cache, method: str, n_labelled: int, seed: int, ddpm_run: Path | None, keep: list[tuple[str, int]]) -> Path:
-    """Train (or resume) one run of the sweep and score it on the test split, unless finished."""
-    from semiseg.runs import ensure_trained, load_trained
-    from semiseg.studies.holdout import evaluate_on_cache
-    from semiseg.training.distributed import pick_device
+def study_plan(study: Study, cache: Cache, n_labelled: int, seed: int):
+    """The data plan a run of the study with ``n_labelled`` labels and ``seed`` trains on."""
+    from semiseg.training.plan import make_plan
 
-    run = run_path(study.out, method, n_labelled, seed)
-    if (run / TEST_METRICS).exists():
-        return run
-    cls = get_method(method)
-    t0 = time.perf_counter()
-    ensure_trained(
-        run, cache.root, method, preset=study.preset, overrides=study.method_overrides(method) + [f"dims={study.dims}"],
-        n_labelled=n_labelled, seed=seed, ddpm_run=ddpm_run if cls.needs_ddpm else None, device=study.device,
+    return make_plan(cache, study.dims, n_labelled, seed, transductive=study.transductive)
+
+
+def score_external(study: Study, cache: Cache, method: Any, n_labelled: int, seed: int, keep: list[tuple[str, int]]) -> Path:
+    """Score an external method's predictions for one budget and seed into its run folder (as
+    ``test_metrics.csv`` and overlays, like a trained run); recomputed on every sweep, since the
+    predictions may have been remade."""
+    from semiseg.studies.external import class_maps
+    from semiseg.studies.holdout import score_class_maps
+
+    run = run_path(study.out, method.name, n_labelled, seed)
+    test = cache.ids("test")
+    maps = class_maps(method, cache, n_labelled, seed, test, study.dims)
+    rows, kept = score_class_maps(
+        cache, test, study.dims, lambda cid, zs: maps[cid], study.test_slices_per_case, keep, study.postprocess, study.whole_volume
     )
-    train_seconds = time.perf_counter() - t0
-    model, _ = load_trained(run, pick_device(0, study.device))
-    rows, kept = evaluate_on_cache(model, cache, cache.ids("test"), study.test_slices_per_case, keep, study.postprocess, study.whole_volume)
+    run.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(run / OVERLAY_PREDICTIONS, **{k.replace(":", "@"): v for k, v in kept.items()})
-    write_json(run / "timing.json", {"train_seconds_this_session": train_seconds})
+    write_json(run / "external.json", {"predictions": str(method.folder(n_labelled, seed)), "space": method.space})
     write_csv(run / TEST_METRICS, rows, TEST_FIELDS)
     return run
 
 
-def summarise_results(results: list[dict]) -> list[dict]:
-    """Mean and standard deviation over seeds of the per-seed means (NaN values left out), per
-    method, budget, protocol, region and metric."""
+def run_one(study: Study, cache: Cache, method: str, n_labelled: int, seed: int, ddpm_run: Path | None, keep: list[tuple[str, int]],
+            labelled_items: list[str] | None = None, label: str | None = None) -> Path:
+    """Train (or resume) one run of the sweep and score it on the test split, unless finished.
+    ``labelled_items``: these items instead of ``n_labelled`` random ones, in the run folder of
+    the method name ``label`` (guided selection, :mod:`semiseg.studies.active`)."""
+    from semiseg.runs import ensure_trained, load_trained
+    from semiseg.studies.holdout import evaluate_on_cache
+    from semiseg.training.distributed import pick_device
+    from semiseg.training.log import TIMING_FILE, WallClock
+
+    run = run_path(study.out, label or method, n_labelled, seed)
+    if (run / TEST_METRICS).exists():
+        return run
+    cls = get_method(method)
+    ensure_trained(
+        run, cache.root, method, preset=study.preset, overrides=study.method_overrides(method) + [f"dims={study.dims}"],
+        n_labelled=n_labelled, labelled_items=labelled_items, seed=seed, ddpm_run=ddpm_run if cls.needs_ddpm else None, device=study.device,
+        transductive=study.transductive, negatives=study.negatives if study.dims == 2 else 0,
+    )
+    device = pick_device(0, study.device)
+    clock = WallClock(run / TIMING_FILE, "test", device=str(device))  # training records its own sessions
+    model, _ = load_trained(run, device)
+    rows, kept = evaluate_on_cache(model, cache, cache.ids("test"), study.test_slices_per_case, keep, study.postprocess, study.whole_volume)
+    np.savez_compressed(run / OVERLAY_PREDICTIONS, **{k.replace(":", "@"): v for k, v in kept.items()})
+    clock.tick()
+    write_csv(run / TEST_METRICS, rows, TEST_FIELDS)
+    return run
+
+
+def summarise_results(results: list[dict], patients: dict | None = None) -> list[dict]:
+    """One row per method, budget, protocol, region and metric: mean and standard deviation over
+    seeds of the per-seed means (NaN values left out; no standard deviation with one seed), the
+    median of every scored value, what was scored (``n_values`` scores over all seeds, ``n_patients``,
+    ``n_empty`` both-empty scores left out, ``n_misses`` region predicted where there is none or
+    missed entirely), and the paired patient-level comparisons of :mod:`semiseg.studies.stats`.
+    ``patients``: :func:`~semiseg.studies.stats.patient_values` of ``results``, if already computed."""
+    from semiseg.studies.stats import patient_values, study_statistics
+
     per_seed: dict[tuple, list[float]] = {}
+    pooled: dict[tuple, list[float]] = {}
     for r in results:
         v = float(r["value"])
         if not math.isnan(v):
-            key = (r["method"], int(r["budget"]), r.get("protocol") or "", r["region"], r["metric"], int(r["seed"]))
-            per_seed.setdefault(key, []).append(v)
-    grouped: dict[tuple, list[tuple[float, int]]] = {}
-    for (m, b, proto, reg, met, _seed), vals in per_seed.items():
-        grouped.setdefault((m, b, proto, reg, met), []).append((float(np.mean(vals)), len(vals)))
+            key = (r["method"], int(r["budget"]), r.get("protocol") or "", r["region"], r["metric"])
+            per_seed.setdefault(key + (int(r["seed"]),), []).append(v)
+            pooled.setdefault(key, []).append(v)
+    grouped: dict[tuple, list[float]] = {}
+    for (*key, _seed), vals in per_seed.items():
+        grouped.setdefault(tuple(key), []).append(float(np.mean(vals)))
+    patients = patient_values(results) if patients is None else patients
+    means = {key: float(np.mean(v)) for key, v in grouped.items()}
+    statistics = study_statistics(means, patients)
     rows = []
-    for (m, b, proto, reg, met), items in sorted(grouped.items()):
-        means = np.array([x for x, _ in items])
-        rows.append({
+    for key in sorted(grouped):
+        m, b, proto, reg, met = key
+        seed_means = np.array(grouped[key])
+        cases = patients.get(key, {}).values()
+        misses = [c.n_misses for c in cases if c.n_misses is not None]
+        row = dict.fromkeys(SUMMARY_FIELDS) | {
             "method": m, "budget": b, "protocol": proto, "region": reg, "metric": met,
-            "mean": float(means.mean()), "std": float(means.std(ddof=1)) if len(means) > 1 else 0.0,
-            "n_seeds": len(means), "n_values": int(sum(n for _, n in items)),
-        })
+            "mean": means[key], "std": float(seed_means.std(ddof=1)) if len(seed_means) > 1 else math.nan,
+            "n_seeds": len(seed_means), "n_values": len(pooled[key]), "median": float(np.median(pooled[key])),
+            "n_patients": sum(math.isfinite(c.value) for c in cases), "n_empty": sum(c.n_empty for c in cases),
+            "n_misses": sum(misses) if misses else None, "significantly_best": False,
+        }
+        s = statistics.get(key)
+        if s is not None:
+            row["significantly_best"] = s.significantly_best
+            row["best_other"] = s.best_other
+            for prefix, c in (("vs_supervised_", s.vs_baseline), ("vs_best_other_", s.vs_best_other)):
+                if c is not None:
+                    row.update({prefix + "n": c.n_pairs, prefix + "diff": c.diff, prefix + "ci_low": c.ci_low, prefix + "ci_high": c.ci_high,
+                                prefix + "p": c.p, prefix + "p_holm": c.p_holm})
+        rows.append(row)
     return rows
+
+
+def patient_rows(patients: dict) -> list[dict]:
+    """Rows of per_patient.csv: each test patient's value per method, budget, protocol, region and
+    metric (mean over the patient's slices, then over seeds), with what was scored."""
+    rows = []
+    for (m, b, proto, reg, met), cases in sorted(patients.items()):
+        for case, v in sorted(cases.items()):
+            rows.append({"method": m, "budget": b, "protocol": proto, "region": reg, "metric": met, "case": case, "value": v.value,
+                         "n_seeds": v.n_seeds, "n_scored": v.n_scored, "n_empty": v.n_empty, "n_misses": v.n_misses})
+    return rows
+
+
+def upper_bound_jobs(study: Study, cache: Cache) -> list[tuple[str, int, int]]:
+    """The reference runs of ``upper_bound: true``: the supervised method trained on every labelled
+    training item (the whole labelled pool in 2D, every training case in 3D), one per seed."""
+    from semiseg.studies.stats import BASELINE
+    from semiseg.training.plan import labelled_pool
+
+    if not study.upper_bound:
+        return []
+    return [(BASELINE, len(labelled_pool(cache, study.dims)), s) for s in study.seeds]
 
 
 def run_sweep(study: Study, **options: Any) -> Path | None:
@@ -250,31 +401,53 @@ def run_sweep(study: Study, **options: Any) -> Path | None:
     return sweep_study(study, **options).report
 
 
-def collect_results(study: Study) -> list[dict]:
-    """The test scores of every finished run, one row per score, in job order."""
-    out = Path(study.out)
+def collect_results(out: str | PathLike, jobs: list[tuple[str, int, int]], upper: list[tuple[str, int, int]] = ()) -> list[dict]:
+    """Every finished run's test rows, in job order; the upper-bound runs' rows are labelled
+    :data:`~semiseg.studies.stats.UPPER_BOUND`."""
+    from semiseg.studies.stats import UPPER_BOUND
+
     results = []
-    for run in study_runs(study):
-        if is_done(out, run):
-            for r in read_csv(run.folder(out) / TEST_METRICS):
-                results.append({"method": run.method, "budget": run.budget, "seed": run.seed, **r})
+    for runs, label in ((jobs, None), (upper, UPPER_BOUND)):
+        for m, b, s in runs:
+            for r in read_csv(run_path(out, m, b, s) / TEST_METRICS):
+                results.append({"method": label or m, "budget": b, "seed": s, **r})
     return results
 
 
-def write_results(study: Study, cache: Cache, ddpm_run: Path | None, keep: list[tuple[str, int]],
-                  missing: list[tuple[str, str]] | None = None) -> Path:
-    """results.csv, summary.csv, figures and report.html from the finished runs; ``missing`` lists
-    (run, why) of runs not among them, which the report names. Returns the report's path."""
-    from semiseg.studies.report import write_report
+def check_external(study: Study, cache: Cache) -> None:
+    """Every prediction file of the study's external methods exists (before hours of training, not after)."""
+    from semiseg.studies.external import prediction_files
+
+    for ext in study.external_methods():
+        for b in study.budgets:
+            for s in study.seeds:
+                prediction_files(ext, b, s, cache.ids("test"))
+
+
+def write_study_outputs(
+    study: Study, cache: Cache, jobs: list[tuple[str, int, int]], upper: list[tuple[str, int, int]], keep: list[tuple[str, int]],
+    ddpm_run: Path | None, missing: list[tuple[str, str]] | None = None,
+) -> Path:
+    """From the finished runs ``jobs`` (and ``upper``): results.csv, summary.csv, per_patient.csv,
+    summary.tex, provenance.json, the figures and report.html; ``missing`` lists (run, why) of the
+    study's runs not among them, which the report names. Returns the report's path."""
+    from semiseg.studies.provenance import study_provenance
+    from semiseg.studies.report import write_report, write_summary_tex
+    from semiseg.studies.stats import patient_values
 
     out = Path(study.out)
-    results = collect_results(study)
+    results = collect_results(out, jobs, upper)
     if not results:
         raise SemisegInputError(out, "no run of the study has finished yet, so there is nothing to report")
     write_csv(out / "results.csv", results, RESULT_FIELDS)
-    summary = summarise_results(results)
+    patients = patient_values(results)
+    summary = summarise_results(results, patients)
     write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
-    return write_report(study, cache, summary, keep, ddpm_run, missing or [])
+    write_csv(out / "per_patient.csv", patient_rows(patients), PATIENT_FIELDS)
+    provenance = study_provenance(study, cache, jobs, upper, ddpm_run)
+    write_json(out / "provenance.json", provenance.to_json())
+    write_summary_tex(study, summary, out / "summary.tex")
+    return write_report(study, cache, summary, patients, keep, ddpm_run, provenance, missing)
 
 
 def for_protocol(summary: list[dict], protocol: str) -> list[dict]:
@@ -283,38 +456,51 @@ def for_protocol(summary: list[dict], protocol: str) -> list[dict]:
 
 
 def summary_table(summary: list[dict], metric: str = "dice", protocol: str | None = None):
-    """A rich table: methods x budgets, one column group per region, mean +- std of ``metric``
-    under ``protocol`` (default: the first of central_slices, volume found)."""
+    """A rich table: methods x budgets, one column per region, mean (± sd over seeds) of ``metric``
+    under ``protocol`` (default: the first of central_slices, volume found), significantly best in
+    bold, the upper bound last."""
     from rich.table import Table
+
+    from semiseg.studies.report import fmt_mean_sd, ordered_methods, ordered_regions
+    from semiseg.studies.stats import UPPER_BOUND
 
     if protocol is None:
         found = {r.get("protocol") for r in summary}
         protocol = next((p for p in ("central_slices", "volume") if p in found), None)
-    summary = for_protocol(summary, protocol) if protocol else summary
-    regions = sorted({r["region"] for r in summary}, key=lambda x: ["WT", "TC", "ET"].index(x) if x in ("WT", "TC", "ET") else 9)
-    table = Table(title=f"{metric}, {protocol or 'all protocols'} (mean ± sd over seeds)")
+    summary = [r for r in (for_protocol(summary, protocol) if protocol else summary) if r["metric"] == metric]
+    regions = ordered_regions(summary)
+    seeds = max((int(r["n_seeds"]) for r in summary), default=0)
+    table = Table(title=f"{metric}, {protocol or 'all protocols'} ({'mean ± sd over seeds' if seeds > 1 else 'one seed'}; bold: significantly best)")
     table.add_column("method")
     table.add_column("labels", justify="right")
     for reg in regions:
         table.add_column(reg, justify="right")
-    index = {(r["method"], r["budget"], r["region"], r["metric"]): r for r in summary}
-    fmt = ".1f" if metric.startswith("hd") else ".3f"  # millimetres need no more than 0.1
-    for m in sorted({r["method"] for r in summary}, key=lambda x: (x != "supervised", x)):
-        for b in sorted({r["budget"] for r in summary}):
+    index = {(r["method"], r["budget"], r["region"]): r for r in summary}
+    for m in ordered_methods(summary) + [UPPER_BOUND]:
+        for b in sorted({r["budget"] for r in summary if r["method"] == m}):
             cells = []
             for reg in regions:
-                r = index.get((m, b, reg, metric))
-                cells.append("—" if r is None else f"{r['mean']:{fmt}}" + (f" ± {r['std']:{fmt}}" if int(r["n_seeds"]) > 1 else ""))
+                r = index.get((m, b, reg))
+                text = "—" if r is None else fmt_mean_sd(r, metric)
+                cells.append(f"[bold]{text}[/]" if r is not None and r["significantly_best"] else text)
             table.add_row(m, str(b), *cells)
     return table
 
 
 def read_summary(out: str | PathLike) -> list[dict]:
-    """Rows of OUT/summary.csv with numbers parsed."""
+    """Rows of OUT/summary.csv with numbers parsed (None where a column does not apply)."""
     rows = read_csv(Path(out) / "summary.csv")
     for r in rows:
-        r["budget"] = int(r["budget"])
-        for k in ("mean", "std"):
-            r[k] = float(r[k])
+        for k, v in r.items():
+            if k in ("method", "protocol", "region", "metric"):
+                continue
+            if k == "best_other":
+                r[k] = v or None
+            elif k == "significantly_best":
+                r[k] = v == "True"
+            elif v in ("", None):
+                r[k] = None
+            else:
+                r[k] = int(v) if k in ("budget", "n_seeds", "n_values", "n_patients", "n_empty", "n_misses") or k.endswith("_n") else float(v)
     return rows
 

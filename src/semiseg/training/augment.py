@@ -1,26 +1,46 @@
 """Spatial and intensity augmentation with MONAI's dictionary transforms (flips, rotation,
 scaling, gamma), applied per sample with a seed derived from the step, so a resumed run draws
-exactly the augmentations an uninterrupted one would."""
+exactly the augmentations an uninterrupted one would.
+
+Two details keep augmented images inside what the networks (and a frozen pretrained DDPM encoder)
+see at test time:
+
+* rotated and zoomed images are padded with each channel's *background* value (0 for MRI after
+  z-scoring, the clipped minimum for CT), not with 0, which is soft tissue in normalised CT;
+* gamma changes only the foreground: background voxels keep their value, as in braintumor-ddpm,
+  which applies gamma to [0, 1] intensities whose background is 0.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.transforms import Compose, RandAdjustContrastd, RandAffined, RandFlipd
+
+
+def plain(x: Any) -> torch.Tensor:
+    """A plain tensor: MONAI transforms return MetaTensors, whose per-operation bookkeeping
+    slows every later network operation on them several-fold."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
 
 
 class Augmenter:
     """Augment a batch of images (B, C, *spatial) and optional label maps (B, *spatial).
 
     ``cfg`` keys: ``prob`` (per transform), ``flip``, ``rotate_degrees``, ``scale``, ``gamma``.
-    ``prob`` 0 disables augmentation.
+    ``prob`` 0 disables augmentation. ``background`` is the normalised value of empty space per
+    channel (default 0).
     """
 
-    def __init__(self, cfg: dict[str, Any], dims: int) -> None:
+    def __init__(self, cfg: dict[str, Any], dims: int, background: Sequence[float] | np.ndarray | None = None) -> None:
         self.prob = float(cfg.get("prob", 0.0))
         self.enabled = self.prob > 0
+        self.background = None if background is None else torch.as_tensor(np.asarray(background, dtype=np.float32))
         if not self.enabled:
             return
         p = self.prob
@@ -29,11 +49,13 @@ class Augmenter:
         # in 3D, rotate in the axial plane only: brains and bodies are scanned roughly upright
         rotate_range = (rot,) if dims == 2 else (0.0, 0.0, rot)
         scale = float(cfg.get("scale", 0.0))
-        transforms: list = []
+        spatial: list = []
         if cfg.get("flip", False):
-            transforms += [RandFlipd(both, prob=p, spatial_axis=a, allow_missing_keys=True) for a in range(dims)]
+            spatial += [RandFlipd(both, prob=p, spatial_axis=a, allow_missing_keys=True) for a in range(dims)]
         if rot > 0 or scale > 0:
-            transforms.append(
+            # images are shifted so that the background is 0 before this transform: its zero
+            # padding then is background padding
+            spatial.append(
                 RandAffined(
                     both,
                     prob=p,
@@ -44,9 +66,13 @@ class Augmenter:
                     allow_missing_keys=True,
                 )
             )
-        if cfg.get("gamma"):
-            transforms.append(RandAdjustContrastd(["image"], prob=p, gamma=tuple(cfg["gamma"])))
-        self.compose = Compose(transforms)
+        self.spatial = Compose(spatial)
+        self.intensity = Compose([RandAdjustContrastd(["image"], prob=p, gamma=tuple(cfg["gamma"]))]) if cfg.get("gamma") else None
+
+    def _background(self, image: torch.Tensor) -> torch.Tensor:
+        """Per-channel background value, shaped to broadcast over one image (C, *spatial)."""
+        bg = self.background if self.background is not None else torch.zeros(image.shape[0])
+        return bg.to(image.dtype).reshape(-1, *([1] * (image.ndim - 1)))
 
     def __call__(
         self, image: torch.Tensor, label: torch.Tensor | None, seed: int
@@ -55,12 +81,19 @@ class Augmenter:
             return image, label
         images, labels = [], []
         for i in range(image.shape[0]):
-            sample = {"image": image[i]}
+            bg = self._background(image[i])
+            sample = {"image": image[i] - bg}
             if label is not None:
                 sample["label"] = label[i][None].float()
-            self.compose.set_random_state(seed=(seed * 7919 + i) % (2**32))
-            out = self.compose(sample)
-            images.append(torch.as_tensor(out["image"]).float())
+            sample_seed = (seed * 7919 + i) % (2**32)
+            self.spatial.set_random_state(seed=sample_seed)
+            out = self.spatial(sample)
+            img = plain(out["image"]).float() + bg
+            if self.intensity is not None:
+                self.intensity.set_random_state(seed=(sample_seed + 1) % (2**32))
+                foreground = (img != bg).any(dim=0, keepdim=True)
+                img = torch.where(foreground, plain(self.intensity({"image": img})["image"]).float(), img)
+            images.append(img)
             if label is not None:
-                labels.append(torch.as_tensor(out["label"])[0].round().long())
+                labels.append(plain(out["label"])[0].round().long())
         return torch.stack(images), (torch.stack(labels) if label is not None else None)

@@ -1,23 +1,33 @@
 """Batches read from the cache: 2D slices and 3D patches, labelled or not, in a resumable,
-rank-aware order.
+rank-aware order, delivered by PyTorch's DataLoader.
 
 Every batch is a function of (seed, step, rank): the index order comes from PyTorch's
-DistributedSampler (one shuffled permutation per epoch, split across ranks), and patch positions
-from a generator seeded by the step. A resumed run therefore continues exactly where it stopped,
-without storing sampler state.
+DistributedSampler (one shuffled permutation per epoch, split across ranks), patch positions and
+augmentations from generators seeded by the step. A resumed run therefore continues exactly where
+it stopped, without storing sampler state; and a batch is the same whichever process builds it,
+so :func:`step_loader` can hand the building to DataLoader worker processes (with pinned memory
+and prefetching) without changing a single value: item ``i`` of its dataset is the whole batch of
+step ``start + i``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from semiseg.errors import SemisegInputError
 from semiseg.preprocess.cache import Cache
+from semiseg.training.augment import Augmenter
 from semiseg.training.distributed import DistInfo
 from semiseg.training.losses import IGNORE
+
+#: a function of the step returning that step's batch (a dict of tensors, possibly nested)
+BatchFn = Callable[[int], dict[str, Any]]
 
 
 class Stream:
@@ -155,3 +165,113 @@ class PatchSource:
         batch = {"image": torch.from_numpy(np.stack(images)), "gt": gt}
         batch["label"] = gt.clone() if self.labelled else torch.full_like(gt, IGNORE)
         return batch
+
+
+def augment_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of a step's augmentations."""
+    return int(np.random.SeedSequence([seed, step, rank, 7]).generate_state(1)[0])
+
+
+class SegmentationBatches:
+    """The batches of a segmentation method: augmented labelled items, and unlabelled ones for
+    semi-supervised methods (``batch["labelled"]``, ``batch["unlabelled"]``). Holds data sources
+    and settings only (no network), so it is cheap to send to DataLoader workers."""
+
+    def __init__(
+        self,
+        labelled: SliceSource | PatchSource,
+        labelled_stream: Stream,
+        augment: Augmenter,
+        seed: int,
+        rank: int,
+        unlabelled: SliceSource | PatchSource | None = None,
+        unlabelled_stream: Stream | None = None,
+    ) -> None:
+        self.labelled, self.labelled_stream = labelled, labelled_stream
+        self.unlabelled, self.unlabelled_stream = unlabelled, unlabelled_stream
+        self.augment, self.seed, self.rank = augment, seed, rank
+
+    def _load(self, source: SliceSource | PatchSource, stream: Stream, step: int, stream_id: int) -> dict[str, torch.Tensor]:
+        idx = stream.indices(step)
+        if isinstance(source, PatchSource):
+            return source.load(idx, step_rng(self.seed, step, self.rank, stream_id))
+        return source.load(idx)
+
+    def __call__(self, step: int) -> dict[str, Any]:
+        lab = self._load(self.labelled, self.labelled_stream, step, 0)
+        lab["image"], lab["label"] = self.augment(lab["image"], lab["label"], augment_seed(self.seed, step, self.rank))
+        batch: dict[str, Any] = {"labelled": lab}
+        if self.unlabelled is not None and self.unlabelled_stream is not None:
+            batch["unlabelled"] = self._load(self.unlabelled, self.unlabelled_stream, step, 1)
+        return batch
+
+
+class DiffusionBatches:
+    """The batches of DDPM pretraining: slices divided by ``scale``, half of them mirrored along
+    ``flip_axis`` (None: none)."""
+
+    def __init__(self, source: SliceSource, stream: Stream, scale: float, flip_axis: int | None, seed: int, rank: int) -> None:
+        self.source, self.stream, self.scale, self.flip_axis, self.seed, self.rank = source, stream, scale, flip_axis, seed, rank
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        x = self.source.load(self.stream.indices(step))["image"] / self.scale
+        if self.flip_axis is not None:
+            flip = torch.from_numpy(step_rng(self.seed, step, self.rank).random(len(x)) < 0.5)
+            x[flip] = torch.flip(x[flip], dims=[self.flip_axis])
+        return {"image": x}
+
+
+class _UserError(dict):
+    """A SemisegInputError met in a worker, sent back as data: DataLoader re-raises worker
+    exceptions as RuntimeError with a traceback, which would hide the one-line message."""
+
+
+class StepBatches(Dataset):
+    """Item ``i`` is the batch of step ``start + i``."""
+
+    def __init__(self, make: BatchFn, start: int, total: int) -> None:
+        self.make, self.start, self.total = make, start, total
+
+    def __len__(self) -> int:
+        return max(self.total - self.start, 0)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            return self.make(self.start + i)
+        except SemisegInputError as exc:
+            return _UserError(path=exc.path, problem=exc.problem)
+
+
+def resolve_workers(setting: Any, device: torch.device, info: DistInfo) -> int:
+    """``train.workers``: a number, or ``auto``: none on a CPU (the cores train), else up to 4 per
+    process, within the CPUs this node's processes share."""
+    if setting in (None, "auto"):
+        if device.type == "cpu":
+            return 0
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return max(0, min(4, (os.cpu_count() or 1) // max(per_node, 1) - 1))
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
+        raise SemisegInputError(None, f"train.workers must be auto or a number of processes (0 or more), got {setting!r}")
+    return setting
+
+
+def step_loader(make: BatchFn, start: int, total: int, workers: int = 0, prefetch: int = 2, pin_memory: bool = False) -> Iterator[dict[str, Any]]:
+    """The batches of steps ``start .. total - 1`` in order, built by ``workers`` DataLoader
+    processes (0: in this process, each when it is asked for) with ``prefetch`` batches ready per
+    worker and page-locked memory for fast copies to a GPU when ``pin_memory``."""
+    loader = DataLoader(
+        StepBatches(make, start, total),
+        batch_size=None,  # an item is already a whole batch
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=prefetch if workers else None,
+        persistent_workers=False,
+        # DataLoader draws its workers' base seed from this generator (by default from torch's
+        # global one, which would shift the noise a method draws at the first step: no exact resume)
+        generator=torch.Generator().manual_seed(0),
+    )
+    for batch in loader:
+        if isinstance(batch, _UserError):
+            raise SemisegInputError(batch["path"], batch["problem"])
+        yield batch

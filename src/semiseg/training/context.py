@@ -5,6 +5,7 @@ hooks of :class:`Trainable`. The loop imports nothing model- or method-specific;
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,7 +37,7 @@ class TrainContext:
 
 class Trainable(nn.Module):
     """Base of everything the loop trains (every method). The loop calls, in this order:
-    ``setup`` once, then per step ``next_batch``, ``forward`` (through DDP) and
+    ``setup`` once, then per step ``next_batch`` (or ``batch_maker()`` in DataLoader workers), ``forward`` (through DDP) and
     ``after_optimizer_step``; ``finish`` after the last step. ``config["train"]`` holds the loop's
     settings (steps, optimizer, lr, schedule, clipping, logging and checkpoint intervals)."""
 
@@ -54,6 +55,12 @@ class Trainable(nn.Module):
     def next_batch(self, step: int) -> dict[str, Any]:
         """The batch of ``step``: a function of (seed, step, rank) only, so resume is exact."""
         raise NotImplementedError
+
+    def batch_maker(self) -> Callable[[int], dict[str, Any]] | None:
+        """A small callable ``step -> batch`` equal to :meth:`next_batch` but holding only data
+        sources and settings (no network), which DataLoader workers may run (``train.workers``);
+        None (the default): batches are built in the training process by ``next_batch``."""
+        return None
 
     def forward(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """The training step: (loss, scalar logs)."""

@@ -1,14 +1,22 @@
-"""The training log: ``train_log.csv`` (one row per logging interval) and its loss-curve PNG."""
+"""The training log: ``train_log.csv`` (one row per logging interval), its loss-curve PNG, and
+``timing.json``, the run's wall time summed over every session that worked on it."""
 
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import math
+import platform
+import time
+import uuid
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
-from semiseg.files import atomic_path, write_text
+from semiseg.files import atomic_path, read_json, write_json, write_text
+
+TIMING_FILE = "timing.json"
 
 
 class CsvLog:
@@ -83,3 +91,53 @@ def plot_loss_curve(log_path: str | PathLike, out: str | PathLike, title: str = 
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+class WallClock:
+    """Wall time of a run (or study) over all the sessions that worked on it.
+
+    Each process adds one session (``stage``: "train", "test", "sweep"; when it started, on which
+    host, and ``details`` such as the device and the first step) and rewrites it at every
+    :meth:`tick` (atomically, re-reading the file so that sessions of other processes working on the
+    same study are kept), so a session killed midway keeps its time up to its last tick and a resumed
+    run's time is the sum of its interrupted and resumed parts (:func:`total_seconds`).
+    """
+
+    def __init__(self, path: str | PathLike, stage: str, **details: Any) -> None:
+        self.path = Path(path)
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self.session: dict[str, Any] = {"id": uuid.uuid4().hex[:12], "stage": stage, "started": started, "host": platform.node(),
+                                        "seconds": 0.0, **details}
+        self.t0 = time.perf_counter()
+        self.tick()
+
+    def tick(self, **updates: Any) -> None:
+        """Record the time so far (and ``updates``, e.g. the last step reached)."""
+        self.session["seconds"] = round(time.perf_counter() - self.t0, 3)
+        self.session.update(updates)
+        sessions = read_timing(self.path)
+        ids = [s.get("id") for s in sessions]
+        if self.session["id"] in ids:
+            sessions[ids.index(self.session["id"])] = self.session
+        else:
+            sessions.append(self.session)
+        write_json(self.path, {"sessions": sessions})
+
+
+def read_timing(path: str | PathLike) -> list[dict[str, Any]]:
+    """The sessions of a ``timing.json`` (none if the file does not exist); a damaged file is a
+    one-line error naming it."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    sessions = read_json(path, "timing record").get("sessions", [])
+    if not isinstance(sessions, list) or not all(isinstance(s, dict) and isinstance(s.get("seconds"), (int, float)) for s in sessions):
+        from semiseg.errors import SemisegInputError
+
+        raise SemisegInputError(path, "timing record's 'sessions' must be a list of objects with 'seconds'")
+    return sessions
+
+
+def total_seconds(path: str | PathLike, stage: str | None = None) -> float:
+    """Wall time summed over the sessions in ``path`` (of one ``stage`` if given)."""
+    return float(sum(s["seconds"] for s in read_timing(path) if stage is None or s.get("stage") == stage))

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from semiseg.errors import SemisegInputError
 from semiseg.preprocess.cache import Cache
 from semiseg.preprocess.splits import choose_subset, slice_pool
@@ -37,18 +39,25 @@ def parse_slice(item: str) -> SliceItem:
 @dataclass(frozen=True)
 class DataPlan:
     """A run's data: ``labelled`` items (``"case:z"`` in 2D, case ids in 3D), the cases it may use
-    unlabelled, and the test cases it never trains on with labels."""
+    unlabelled, and the test cases it never trains on with labels. ``transductive``: the test
+    patients' images are among the unlabelled cases (as in the diffusion paper, whose DDPM sees
+    every slice); otherwise no image of a test patient is used in training (inductive)."""
 
     dims: int
     labelled: tuple[str, ...]
     unlabelled_cases: tuple[str, ...]
     test: tuple[str, ...]
+    transductive: bool = False
+    #: 2D: lesion-free slices labelled as such (all background). Marking a slice "no lesion here"
+    #: costs an annotator a glance, not a delineation, so they are not counted in the budget; they
+    #: teach every method alike that a slice may hold no lesion at all
+    negatives: tuple[str, ...] = ()
 
     def labelled_slices(self) -> list[SliceItem]:
-        """The labelled slices as (case, z) (2D plans)."""
+        """The labelled slices as (case, z) (2D plans): the delineated ones, then the negatives."""
         if self.dims != 2:
             raise ValueError("a 3D plan has labelled cases, not slices")
-        return [parse_slice(i) for i in self.labelled]
+        return [parse_slice(i) for i in self.labelled + self.negatives]
 
     def labelled_cases(self) -> list[str]:
         """The labelled cases (3D), or the cases the labelled slices come from (2D)."""
@@ -69,7 +78,10 @@ class DataPlan:
         return [(c, z) for c in self.unlabelled_cases for z in range(cache.cases[c].n_slices) if (c, z) not in taken]
 
     def to_json(self) -> dict[str, Any]:
-        return {"dims": self.dims, "labelled": list(self.labelled), "unlabelled_cases": list(self.unlabelled_cases), "test": list(self.test)}
+        return {
+            "dims": self.dims, "labelled": list(self.labelled), "unlabelled_cases": list(self.unlabelled_cases),
+            "test": list(self.test), "transductive": self.transductive, "negatives": list(self.negatives),
+        }
 
     @classmethod
     def from_json(cls, obj: Any, source: str | None = None) -> "DataPlan":
@@ -82,7 +94,13 @@ class DataPlan:
         for k in keys[1:]:
             if not isinstance(obj[k], list) or not all(isinstance(v, str) for v in obj[k]):
                 raise SemisegInputError(source, f"plan.{k} must be a list of strings")
-        plan = cls(int(obj["dims"]), tuple(obj["labelled"]), tuple(obj["unlabelled_cases"]), tuple(obj["test"]))
+        transductive = obj.get("transductive", bool(set(obj["test"]) & set(obj["unlabelled_cases"])))
+        if not isinstance(transductive, bool):
+            raise SemisegInputError(source, f"plan.transductive must be true or false, got {transductive!r}")
+        negatives = obj.get("negatives", [])
+        if not isinstance(negatives, list) or not all(isinstance(v, str) for v in negatives):
+            raise SemisegInputError(source, "plan.negatives must be a list of strings")
+        plan = cls(int(obj["dims"]), tuple(obj["labelled"]), tuple(obj["unlabelled_cases"]), tuple(obj["test"]), transductive, tuple(negatives))
         if plan.dims == 2:
             plan.labelled_slices()  # every item parses
         return plan
@@ -95,6 +113,39 @@ def labelled_pool(cache: Cache, dims: int) -> list[str]:
     if dims == 3:
         return train
     return [format_slice(cid, z) for cid in train for z in slice_pool(cache.cases[cid].n_slices)]
+
+
+def slices_with_anatomy(cache: Cache, case_id: str, min_foreground: float = 0.1) -> list[int]:
+    """Cached slices of a case with at least ``min_foreground`` of their pixels off the background
+    (not empty air above the head)."""
+    background = cache.normaliser.background_value().reshape(-1, 1, 1)
+    slices = cache.slices(case_id)
+    return [
+        z for z in range(cache.cases[case_id].n_slices)
+        if (np.abs(np.asarray(slices[z], np.float32) - background) > 1e-3).any(0).mean() >= min_foreground
+    ]
+
+
+def lesion_free_slices(cache: Cache, case_id: str, min_foreground: float = 0.1) -> list[int]:
+    """Slices of a labelled case without any annotated voxel that show anatomy (:func:`slices_with_anatomy`)."""
+    voxels = cache.cases[case_id].slice_label_voxels
+    return [z for z in slices_with_anatomy(cache, case_id, min_foreground) if voxels[z] == 0]
+
+
+def choose_negatives(cache: Cache, labelled: list[str], count: int, seed: int) -> list[str]:
+    """``count`` lesion-free slices of the labelled slices' patients (the scans the annotator has
+    open), drawn with ``seed``; from every training patient if those have too few."""
+    if count <= 0:
+        return []
+    cases = sorted({parse_slice(i)[0] for i in labelled})
+    candidates = [format_slice(c, z) for c in cases for z in lesion_free_slices(cache, c)]
+    if len(candidates) < count:
+        others = [c for c in cache.ids("train") if c not in cases]
+        candidates += [format_slice(c, z) for c in others for z in lesion_free_slices(cache, c)]
+    if not candidates:
+        raise SemisegInputError(cache.root, "the training patients have no lesion-free slice to label as negative")
+    rng = np.random.default_rng([seed, 1])
+    return sorted(candidates[i] for i in rng.permutation(len(candidates))[: min(count, len(candidates))])
 
 
 def _check_items(cache: Cache, items: list[str], dims: int) -> list[str]:
@@ -120,7 +171,9 @@ def make_plan(
     n_labelled: int | None = None,
     seed: int = 0,
     labelled_items: list[str] | None = None,
-    all_cases: bool = False,
+    unlabelled_only: bool = False,
+    transductive: bool = False,
+    negatives: int = 0,
 ) -> DataPlan:
     """Choose a run's data.
 
@@ -129,11 +182,14 @@ def make_plan(
         dims: 2 (slices) or 3 (patches).
         n_labelled: number of labelled items drawn from :func:`labelled_pool` with ``seed``.
         labelled_items: explicit items instead (``"case:z"`` cached slice numbers in 2D, case ids in 3D).
-        all_cases: DDPM pretraining: every case is "unlabelled" data, test patients included.
+        unlabelled_only: DDPM pretraining: no labelled items, every training case is unlabelled data.
+        transductive: the test patients' images may be used unlabelled too.
+        negatives: 2D: this many lesion-free slices labelled as such, beside the labelled items.
     """
     test = tuple(cache.ids("test"))
-    if all_cases:
-        return DataPlan(dims, (), tuple(cache.ids()), test)
+    extra = list(test) if transductive else []
+    if unlabelled_only:
+        return DataPlan(dims, (), tuple(cache.ids("train") + cache.ids("unlabelled") + extra), test, transductive)
     if labelled_items:
         labelled = _check_items(cache, labelled_items, dims)
     else:
@@ -144,4 +200,7 @@ def make_plan(
     candidates = cache.ids("train") + cache.ids("unlabelled")
     # in 3D a labelled case is wholly labelled; in 2D only its labelled slices are
     unlabelled = [c for c in candidates if c not in set(labelled)] if dims == 3 else candidates
-    return DataPlan(dims, tuple(labelled), tuple(unlabelled), test)
+    if negatives and dims != 2:
+        raise SemisegInputError(None, "negatives (lesion-free labelled slices) are for 2D methods; 3D patches see lesion-free regions anyway")
+    chosen = choose_negatives(cache, labelled, negatives, seed) if dims == 2 else []
+    return DataPlan(dims, tuple(labelled), tuple(unlabelled + extra), test, transductive, tuple(chosen))

@@ -1,0 +1,30 @@
+"""ddpm-finetune predicts the same with the UNet's speed settings as without them."""
+
+from __future__ import annotations
+
+import torch
+
+from helpers import PLAIN_UNET, data_info, ddpm_block
+from semiseg.config import load_config
+from semiseg.methods.ddpm_finetune import DDPMFinetune
+
+
+def finetune(unet_settings: list[str]) -> DDPMFinetune:
+    cfg = load_config(DDPMFinetune.config_files, "small")
+    return DDPMFinetune({**cfg, "ddpm": ddpm_block(unet_settings)}, data_info(("t1", "t2"), slice_size=32)).eval()
+
+
+def test_fast_and_plain_unet_predict_the_same():
+    fast, plain = finetune([]), finetune(PLAIN_UNET)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a trained-looking head: the shipped one is zero
+        for p in fast.unet.out.parameters():
+            p.normal_(0, 0.5)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(4, 2, 32, 32, generator=torch.Generator().manual_seed(3))
+    p_fast, u_fast = fast.predict(x)
+    p_plain, u_plain = plain.predict(x)
+    torch.testing.assert_close(p_fast, p_plain, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(u_fast, u_plain, rtol=1e-4, atol=1e-5)
+    assert torch.equal(p_fast.argmax(1), p_plain.argmax(1))
+    assert p_fast.argmax(1).unique().numel() > 1
