@@ -125,10 +125,15 @@ def data_info(modalities: tuple[str, ...] = ("t1",), scheme=None, slice_size: in
 
 
 def small_study(folder: Path, data: Path, out: str, methods: tuple[str, ...] = ("supervised", "ddpm-finetune"),
-                seeds: tuple[int, ...] = (0, 1), settings: dict | None = None) -> Path:
+                seeds: tuple[int, ...] = (0, 1), settings: dict | None = None, extras: bool = True) -> Path:
     """Write ``folder/<out>.yaml``: a study of ``data`` (prepared into its own cache, a DDPM pretrained
     for it) cheap enough for several sweeps per test session; supervised runs are long enough (30
-    steps, a checkpoint every 5) to be interrupted midway. Returns the YAML's path."""
+    steps, a checkpoint every 5) to be interrupted midway. With ``extras`` every kind of run a study
+    can have: the upper bound, a guided selection chain (supervised, random picks in rounds of 1 and
+    2 labels) and an external method (the ground truth as its predictions, in ``folder/external``).
+    Returns the YAML's path."""
+    import shutil
+
     import yaml
 
     spec = {
@@ -140,6 +145,14 @@ def small_study(folder: Path, data: Path, out: str, methods: tuple[str, ...] = (
         },
         "test_slices_per_case": 4, "overlays": 2,
     }
+    if extras:
+        for seed in seeds:
+            preds = folder / "external" / f"n2-s{seed}"
+            preds.mkdir(parents=True, exist_ok=True)
+            for label in data.glob("*/*_seg.nii.gz"):
+                shutil.copy(label, preds / f"{label.parent.name}.nii.gz")
+        spec |= {"upper_bound": True, "selection": {"strategy": "random", "rounds": [1, 2], "methods": ["supervised"]},
+                 "external": {"truth": {"predictions": str(folder / "external" / "n{budget}-s{seed}"), "space": "original"}}}
     path = folder / f"{out}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path

@@ -55,7 +55,11 @@ def test_worker_pool_gives_the_sequential_results(sequential: Path, study_data: 
     runners = {pid for pid, msg in log if msg.startswith("start ")}
     parent = {pid for pid, msg in log if msg.startswith("set-up")}
     assert len(runners) == 2 and not runners & parent, log  # two worker processes trained the runs
-    assert set(started(out).values()) == {1}
+    assert set(started(out).values()) == {1} and len(started(out)) == 6  # the grid's 4 and the 2 upper-bound runs
+    # every kind of run is in the results: the grid, the external method, the guided rounds, the upper bound
+    methods = {line.split(",")[0] for line in (out / "results.csv").read_text().splitlines()[1:]}
+    assert methods == {"supervised", "ddpm-finetune", "truth", "supervised+random", "upper_bound"}, methods
+    assert any(msg == "guided selection: 4 rounds to run (threads=1)" and pid in parent for pid, msg in log), log
 
 
 def test_two_sweeps_at_once_never_train_the_same_run(sequential: Path, study_data: Path, tmp_path: Path):
@@ -67,8 +71,10 @@ def test_two_sweeps_at_once_never_train_the_same_run(sequential: Path, study_dat
     out = tmp_path / "twice"
     log = [msg for _, msg in events(out)]
     assert sum(m.startswith("set-up: prepare") for m in log) == 1 and sum(m.startswith("set-up: pretrain") for m in log) == 1
-    assert started(out) == Counter({"supervised n=2 seed=0": 1, "ddpm-finetune n=2 seed=0": 1,
-                                    "supervised n=2 seed=1": 1, "ddpm-finetune n=2 seed=1": 1})
+    runs = started(out)
+    assert set(runs.values()) == {1} and len(runs) == 6, runs  # the grid's 4 and the 2 upper-bound runs, each once
+    assert {"supervised n=2 seed=0", "ddpm-finetune n=2 seed=0", "supervised n=2 seed=1", "ddpm-finetune n=2 seed=1"} < set(runs)
+    assert sum(m.startswith("guided selection: 4 rounds to run") for m in log) == 1  # the other process waited, then found them done
     for log_file in out.glob("runs/*/*/train_log.csv"):  # one training each: every logged step once, in order
         steps = [int(line.split(",")[0]) for line in log_file.read_text().splitlines()[1:]]
         assert steps == sorted(set(steps)), log_file
@@ -81,7 +87,7 @@ def test_keep_going_list_shard_and_report_only(study_data: Path, tmp_path: Path)
     # job order: supervised s0, mean-teacher s0, supervised s1, mean-teacher s1; mean-teacher raises (negative lr)
     bad = {"all": ["train.steps=4", "train.batch_size=2", "train.log_every=2", "train.checkpoint_every=2", "network.features=[8,8,16,16,16,8]"],
            "mean-teacher": ["train.lr=-1"]}
-    study = small_study(tmp_path, study_data, "kg", methods=("supervised", "mean-teacher"), settings=bad)
+    study = small_study(tmp_path, study_data, "kg", methods=("supervised", "mean-teacher"), settings=bad, extras=False)
     out = tmp_path / "kg"
 
     code, stdout, err = finish(sweep(study, "--keep-going", "--shard", "2/2"))  # the two mean-teacher runs: both fail

@@ -217,7 +217,8 @@ def test_study_on_slurm_survives_preemption(slurm_cluster: Cluster, sequential: 
 
     listing = semiseg("--list")
     assert listing.returncode == 0, listing.stderr
-    assert "done: 4, running: 0, failed: 0, to do: 0" in listing.stdout and target in listing.stdout
+    # the grid's 4 runs (array tasks), and the 2 upper-bound runs and 4 guided rounds of the report job
+    assert "done: 10, running: 0, failed: 0, to do: 0" in listing.stdout and target in listing.stdout
     assert listing.stdout.count("COMPLETED") >= 4
 
     again = semiseg("--executor", "slurm")  # nothing left to submit: the report is written here

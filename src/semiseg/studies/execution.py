@@ -259,6 +259,13 @@ def existing_setup(study: Study, complete: bool = True) -> StudySetup | None:
     return StudySetup(cache.root, ddpm, tuple(overlay_slices(cache, cache.ids("test"), study.overlays, study.dims)))
 
 
+def check_external_early(study: Study) -> None:
+    """The external methods' prediction files, before anything is written, if the data are
+    prepared already (else the set-up stage checks them right after preparing)."""
+    if study.external and (_cache_root(study) / "index.json").exists():
+        check_external(study, Cache(_cache_root(study)))
+
+
 def setup_study(study: Study) -> StudySetup:
     """Prepare the data and pretrain the shared DDPM once, under the set-up lock: a process that
     finds another one at it waits, then reuses its work. Launched as several processes (torchrun,
@@ -454,6 +461,7 @@ def sweep_study(study: Study, *, workers: int | None = None, gpus: Sequence[str]
     if gpus and study.device and study.device.startswith("cuda:"):
         raise SemisegInputError(None, f"--gpus pins each worker to one GPU; leave the device unset instead of {study.device!r}")
     out = Path(study.out)
+    check_external_early(study)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -530,13 +538,21 @@ def _run_pool(study: Study, setup: StudySetup, runs: list[RunKey], workers: int,
         raise failure_error(stop)
 
 
+def study_states(study: Study, cache: Cache | None) -> dict[RunKey, str]:
+    """Every run of the study and its state: the grid, the upper-bound runs (given the prepared
+    cache, which sets their budget), the guided rounds (running while the selection lock is held)."""
+    out = Path(study.out)
+    states = {run: run_state(out, run) for run in study_runs(study, cache)}
+    states.update({run: run_state(out, run, SELECTION) for run in guided_runs(study) if run not in states})
+    return states
+
+
 def finish_study(study: Study, setup: StudySetup | None = None) -> SweepOutcome:
     """Write results, summary, figures and report from the finished runs if no run is unfinished
     (done or failed is final; to do or running is not), under the report lock."""
     out = Path(study.out)
     setup = setup or existing_setup(study, complete=False)
-    runs = study_runs(study, Cache(setup.cache) if setup else None)
-    states = {run: run_state(out, run) for run in runs} | {run: run_state(out, run, SELECTION) for run in guided_runs(study)}
+    states = study_states(study, Cache(setup.cache) if setup else None)
     runs = list(states)
     failures = [f for run in runs if states[run] == FAILED and (f := read_failure(out, run)) is not None]
     unfinished = [run for run in runs if states[run] in (TODO, RUNNING)]
@@ -555,13 +571,12 @@ def write_report_now(study: Study, setup: StudySetup | None = None) -> Path:
     if setup is None:
         raise SemisegInputError(out, "has no prepared data yet, so there is nothing to report (run the sweep first)")
     cache = Cache(setup.cache)
-    grid, upper, guided = study_runs(study), [RunKey(*job) for job in upper_bound_jobs(study, cache)], guided_runs(study)
-    missing, done = [], set()
-    for run in dict.fromkeys(grid + upper + guided):
-        state = run_state(out, run, SELECTION if run in guided else None)
+    states = study_states(study, cache)
+    missing, done = [], {run for run, state in states.items() if state == DONE}
+    for run, state in states.items():
         if state == DONE:
-            done.add(run)
-        elif state == FAILED:
+            continue
+        if state == FAILED:
             failure = read_failure(out, run)
             missing.append((str(run), f"failed: {failure.error if failure else '?'}"))
         else:
@@ -569,15 +584,15 @@ def write_report_now(study: Study, setup: StudySetup | None = None) -> Path:
     keep = [tuple(k) for k in setup.keep]
     with holding(out, "report", waiting="waiting for another process writing the report"):
         # the order of results.csv: the grid, external methods, guided rounds; then the upper bound
-        jobs = [(r.method, r.budget, r.seed) for r in grid if r in done]
+        jobs = [(r.method, r.budget, r.seed) for r in study_runs(study) if r in done]
         for ext in study.external_methods():  # scored afresh: the predictions may have been remade
             for b in study.budgets:
                 for s in study.seeds:
                     score_external(study, cache, ext, b, s, keep)
                     jobs.append((ext.name, b, s))
-        jobs += [(r.method, r.budget, r.seed) for r in guided if r in done]
-        return write_study_outputs(study, cache, jobs, [(r.method, r.budget, r.seed) for r in upper if r in done], keep, setup.ddpm_run,
-                                   missing)
+        jobs += [(r.method, r.budget, r.seed) for r in guided_runs(study) if r in done]
+        upper = [job for job in upper_bound_jobs(study, cache) if RunKey(*job) in done]
+        return write_study_outputs(study, cache, jobs, upper, keep, setup.ddpm_run, missing)
 
 
 @dataclass(frozen=True)
@@ -597,10 +612,8 @@ def study_status(study: Study) -> tuple[str, list[RunStatus]]:
     else:
         setup = RUNNING if is_locked(out, "setup") else TODO
     found = existing_setup(study, complete=False)
-    runs = study_runs(study, Cache(found.cache) if found else None)
     rows = []
-    for run in runs + guided_runs(study):
-        state = run_state(out, run, SELECTION if run not in runs else None)
+    for run, state in study_states(study, Cache(found.cache) if found else None).items():
         detail = ""
         if state == FAILED and (failure := read_failure(out, run)) is not None:
             detail = f"{failure.error.splitlines()[0] if failure.error else ''} ({failure.host}, {failure.time})"

@@ -45,6 +45,7 @@ from semiseg.studies.execution import (
     RUNNING,
     TODO,
     attempt,
+    check_external_early,
     existing_setup,
     guided_runs,
     holding,
@@ -234,7 +235,8 @@ def _setup_done(study: Study):
 class ReportTask(Checkpointable):
     """The report job: the runs no array task had (see the module's docstring), then results,
     summary, figures and report from whatever has finished. ``submitted``: the names of the runs
-    that have array tasks (cancelled or failed ones stay so)."""
+    that have array tasks, of this submission or queued from earlier ones (cancelled or failed ones
+    stay so)."""
 
     def __init__(self, study: Study, threads: int | None, submitted: list[str]) -> None:
         self.study = study
@@ -299,6 +301,7 @@ def submit_study(study: Study, opts: SlurmOptions) -> Submission | None:
     study = replace(study, **{k: str(Path(v).resolve()) for k in ("out", "data", "cache") if (v := getattr(study, k))},
                     ddpm={**study.ddpm, "run": str(Path(study.ddpm["run"]).resolve()) if study.ddpm.get("run") else None})
     out = Path(study.out)
+    check_external_early(study)
     try:
         (out / SLURM).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -331,7 +334,7 @@ def submit_study(study: Study, opts: SlurmOptions) -> Submission | None:
                 jobs = _submitted("job array", lambda: executor.map_array(RunTask(study, opts.threads), todo))
                 array_id = jobs[0].job_id.split("_")[0]
             executor = _executor(out, opts, "semiseg-report", opts.gpus_per_run, dependency=f"afterany:{array_id}" if array_id else after_setup)
-            report = _submitted("report job", lambda: executor.submit(ReportTask(study, opts.threads, [r.name for r in todo])))
+            report = _submitted("report job", lambda: executor.submit(ReportTask(study, opts.threads, [r.name for r in todo] + sorted(queued))))
         except BaseException:
             if new_setup is not None:  # nothing would wait for it
                 new_setup.cancel(check=False)
