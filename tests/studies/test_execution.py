@@ -57,8 +57,10 @@ def test_worker_pool_gives_the_sequential_results(sequential: Path, study_data: 
     assert len(runners) == 2 and not runners & parent, log  # two worker processes trained the runs
     assert set(started(out).values()) == {1} and len(started(out)) == 6  # the grid's 4 and the 2 upper-bound runs
     # every kind of run is in the results: the grid, the external method, the guided rounds, the upper bound
+    from semiseg.studies.stats import UPPER_BOUND
+
     methods = {line.split(",")[0] for line in (out / "results.csv").read_text().splitlines()[1:]}
-    assert methods == {"supervised", "ddpm-finetune", "truth", "supervised+random", "upper_bound"}, methods
+    assert methods == {"supervised", "ddpm-finetune", "truth", "supervised+random", UPPER_BOUND}, methods
     assert any(msg == "guided selection: 4 rounds to run (threads=1)" and pid in parent for pid, msg in log), log
 
 
