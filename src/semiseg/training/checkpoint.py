@@ -177,6 +177,16 @@ def fit_state_dict(module: nn.Module, tensors: dict[str, torch.Tensor], source: 
     module.load_state_dict(tensors, strict=True)
 
 
+def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (Adam's moments) its parameter's memory layout.
+    Safetensors stores them contiguous; a channels-last parameter paired with a contiguous moment
+    makes the fused Adam kernels, which walk both as flat buffers, update the wrong elements."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def load_training_state(
     folder: Path,
     optimizer: torch.optim.Optimizer,
@@ -187,6 +197,7 @@ def load_training_state(
     state = _load(folder / STATE)
     if "optimizer" in meta:
         optimizer.load_state_dict(_optimizer_from_tensors(state, meta["optimizer"]))
+        _match_layouts(optimizer)
     if scheduler is not None and "scheduler" in meta:
         scheduler.load_state_dict({**scheduler.state_dict(), **meta["scheduler"]})
     torch.set_rng_state(state["rng.torch"])
