@@ -9,7 +9,7 @@ import torch
 
 from semiseg.methods.base import Method
 from semiseg.preprocess.cache import DataInfo
-from semiseg.training.augment import Augmenter
+from semiseg.training.augment import Augmenter, StrongAugmenter
 from semiseg.training.batches import PatchSource, SegmentationBatches, SliceSource, Stream
 from semiseg.training.context import TrainContext
 from semiseg.training.losses import SegmentationLoss, entropy
@@ -43,10 +43,12 @@ class SegmentationMethod(Method):
                 self.unlabelled = self._source(ctx, unl, labelled=False)
                 ubs = int(self.config.get("unlabelled_batch_size") or bs)
                 self.unlabelled_stream = Stream(len(self.unlabelled), ubs, ctx.seed + 1, ctx.info)
+        views = self.config.get("unlabelled", {}) or {}
         self._batches = SegmentationBatches(
             self.labelled, self.labelled_stream, Augmenter(self.config.get("augment", {}), self.dims, self.data.normaliser.background_value()),
             ctx.seed, ctx.info.rank,
             self.unlabelled, self.unlabelled_stream if self.unlabelled is not None else None,
+            weak=bool(views.get("weak", False)), strong=StrongAugmenter(views.get("strong"), self.dims),
         )
 
     def batch_maker(self) -> SegmentationBatches:
@@ -54,6 +56,11 @@ class SegmentationMethod(Method):
 
     def next_batch(self, step: int) -> dict[str, Any]:
         return self._batches(step)
+
+    @staticmethod
+    def student_view(unl: dict[str, Any]) -> torch.Tensor:
+        """The unlabelled images the student sees: the strong view if there is one."""
+        return unl.get("strong", unl["image"])
 
     # ---- the mathematics -------------------------------------------------------------------
     def logits(self, x: torch.Tensor) -> torch.Tensor:
