@@ -43,7 +43,7 @@ from semiseg.training.losses import IGNORE, entropy, sigmoid_rampup
 
 DIAGNOSTICS_FILE = "diagnostics.csv"
 VOTES = ("knn", "prior", "fused")
-DIAGNOSTIC_KEYS = ("reliable", "matched", "acc_reliable", "acc_matched", "acc_teacher_on_matched", "acc_teacher", "fg_matched") + tuple(
+DIAGNOSTIC_KEYS = ("reliable", "matched", "acc_reliable", "acc_matched", "acc_teacher_on_matched", "acc_teacher", "fg_matched", "dice_teacher") + tuple(
     f"acc_{v}_on_matched" for v in VOTES
 )
 MEASURES = ("confidence", "entropy")
@@ -213,6 +213,8 @@ class EmbedMatch(SegmentationMethod):
             # foreground share of the matched voxels (ground truth), to read the accuracies against
             sel = matched & known
             diag["fg_matched"] = float((gt[sel] > 0).float().mean()) if sel.any() else math.nan
+            # the teacher's mean foreground Dice on the unlabelled batch: accuracy is dominated by background
+            diag["dice_teacher"] = self.foreground_dice(teacher_label, gt)
         return pseudo, weights, diag
 
     def forward(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:

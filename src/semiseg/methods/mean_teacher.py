@@ -48,7 +48,10 @@ class MeanTeacher(SegmentationMethod):
         total = self.ctx.total_steps if self.ctx else 1
         weight = float(c["weight"]) * sigmoid_rampup(step / max(float(c["rampup"]) * total, 1.0))
         cons = F.mse_loss(student, teacher)
-        return sup + weight * cons, {"loss_sup": sup.item(), "loss_cons": cons.item(), "w_cons": weight}
+        logs = {"loss_sup": sup.item(), "loss_cons": cons.item(), "w_cons": weight}
+        if "gt" in unl:  # diagnostic only: the hidden annotation of the "unlabelled" patches
+            logs["dice_teacher"] = self.foreground_dice(teacher.argmax(1), unl["gt"])
+        return sup + weight * cons, logs
 
     def after_optimizer_step(self, step: int) -> None:
         self.teacher.update_parameters(self.net)

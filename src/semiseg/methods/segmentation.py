@@ -3,6 +3,7 @@ augmentation, the supervised loss, and prediction as softmax probabilities with 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from semiseg.preprocess.cache import DataInfo
 from semiseg.training.augment import Augmenter, StrongAugmenter
 from semiseg.training.batches import PatchSource, SegmentationBatches, SliceSource, Stream
 from semiseg.training.context import TrainContext
-from semiseg.training.losses import SegmentationLoss, entropy
+from semiseg.training.losses import IGNORE, SegmentationLoss, entropy
 
 
 class SegmentationMethod(Method):
@@ -73,6 +74,18 @@ class SegmentationMethod(Method):
 
     def forward(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         return self.supervised_loss(batch), {}
+
+    @torch.no_grad()
+    def foreground_dice(self, pred: torch.Tensor, gt: torch.Tensor) -> float:
+        """Mean Dice over the foreground classes of class maps ``pred`` vs ``gt`` (IGNORE left out):
+        a diagnostic of pseudo-label quality on unlabelled data whose annotation is hidden."""
+        known = gt != IGNORE
+        dices = []
+        for c in range(1, self.num_classes):
+            p, g = (pred == c) & known, (gt == c) & known
+            if g.any() or p.any():
+                dices.append(2 * float((p & g).sum()) / float(p.sum() + g.sum()))
+        return sum(dices) / len(dices) if dices else math.nan
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
