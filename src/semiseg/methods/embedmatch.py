@@ -46,7 +46,7 @@ VOTES = ("knn", "prior", "fused")
 DIAGNOSTIC_KEYS = ("reliable", "matched", "acc_reliable", "acc_matched", "acc_teacher_on_matched", "acc_teacher", "fg_matched", "dice_teacher") + tuple(
     f"acc_{v}_on_matched" for v in VOTES
 )
-MEASURES = ("confidence", "entropy")
+MEASURES = ("confidence", "quantile", "entropy")
 
 
 def flat_voxels(t: torch.Tensor) -> torch.Tensor:
@@ -177,15 +177,19 @@ class EmbedMatch(SegmentationMethod):
         teacher.eval()
         mean, emb = teacher.mc_predict(u, int(cfg_u["passes"]))
         teacher_label = mean.argmax(1)
+        confidence = mean.max(1).values
         if cfg_u["measure"] == "confidence":  # max probability: its meaning does not depend on the class count
-            reliable = mean.max(1).values >= float(cfg_u["threshold"])
+            reliable = confidence >= float(cfg_u["threshold"])
+        elif cfg_u["measure"] == "quantile":  # the `threshold` most confident share of the batch's voxels
+            cut = torch.quantile(confidence.reshape(-1)[:: max(confidence.numel() // 100_000, 1)], 1.0 - float(cfg_u["threshold"]))
+            reliable = confidence >= cut
         else:  # predictive entropy in units of ln 2 (1 = a 50/50 voxel, whatever the class count)
             reliable = entropy(mean, normalise=False) / math.log(2) < float(cfg_u["threshold"])
         pseudo = torch.where(reliable, teacher_label, torch.full_like(teacher_label, IGNORE))
         weights = reliable.float()
         matched = torch.zeros_like(reliable)
         by_vote = {v: torch.full_like(teacher_label, IGNORE) for v in VOTES}
-        if (~reliable).any() and int(self.bank_filled.sum()) > 0:
+        if cfg_m.get("enabled", True) and (~reliable).any() and int(self.bank_filled.sum()) > 0:
             emb = F.normalize(emb.float(), dim=1)
             where = torch.nonzero(~reliable.reshape(-1)).squeeze(1)
             cap = int(cfg_m.get("max_queries") or 0)
@@ -229,7 +233,10 @@ class EmbedMatch(SegmentationMethod):
             self.enqueue(flat_voxels(F.normalize(emb.float(), dim=1)), lab["label"].reshape(-1), edge)
         pseudo, weights, diag = self.pseudo_labels(unl["image"], unl.get("gt"))
         cfg = self.config["loss"]
-        logits = self.net(noisy(self.student_view(unl), float(cfg["noise_std"]))).float()
+        view = self.student_view(unl)
+        box = self.cutmix_mask(view)
+        pseudo, weights = self.mix(box, pseudo), self.mix(box, weights)
+        logits = self.net(noisy(self.mix(box, view), float(cfg["noise_std"]))).float()
         ce = F.cross_entropy(logits, pseudo, ignore_index=IGNORE, reduction="none")
         pseudo_loss = (ce * weights).sum() / weights.sum().clamp_min(1.0)
         ent = entropy(torch.softmax(logits, 1)).mean()

@@ -42,15 +42,20 @@ class MeanTeacher(SegmentationMethod):
             return sup, {"loss_sup": sup.item()}
         c = self.config["consistency"]
         unl = batch["unlabelled"]
-        student = torch.softmax(self.net(noisy(self.student_view(unl), c["noise_std"])).float(), dim=1)
+        view = self.student_view(unl)
+        box = self.cutmix_mask(view)
+        student = torch.softmax(self.net(noisy(self.mix(box, view), c["noise_std"])).float(), dim=1)
         with torch.no_grad():
             teacher = torch.softmax(self.teacher(noisy(unl["image"], c["noise_std"])).float(), dim=1)
+        if "gt" in unl:  # diagnostic only: the hidden annotation of the "unlabelled" patches
+            dice_teacher = self.foreground_dice(teacher.argmax(1), unl["gt"])
+        teacher = self.mix(box, teacher)
         total = self.ctx.total_steps if self.ctx else 1
         weight = float(c["weight"]) * sigmoid_rampup(step / max(float(c["rampup"]) * total, 1.0))
         cons = F.mse_loss(student, teacher)
         logs = {"loss_sup": sup.item(), "loss_cons": cons.item(), "w_cons": weight}
-        if "gt" in unl:  # diagnostic only: the hidden annotation of the "unlabelled" patches
-            logs["dice_teacher"] = self.foreground_dice(teacher.argmax(1), unl["gt"])
+        if "gt" in unl:
+            logs["dice_teacher"] = dice_teacher
         return sup + weight * cons, logs
 
     def after_optimizer_step(self, step: int) -> None:

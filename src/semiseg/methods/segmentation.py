@@ -63,6 +63,38 @@ class SegmentationMethod(Method):
         """The unlabelled images the student sees: the strong view if there is one."""
         return unl.get("strong", unl["image"])
 
+    def cutmix_mask(self, images: torch.Tensor) -> torch.Tensor | None:
+        """CutMix for the student's unlabelled batch (B, C, *S): a boolean mask (B, *S) holding,
+        for each sample drawn with probability ``unlabelled.cutmix``, a random box whose sides are
+        ``unlabelled.cutmix_size`` fractions of the patch; inside it the sample takes the next
+        sample's voxels (and targets), see :meth:`mix`. None when off or the batch has one image.
+        Drawn from torch's generator, which the loop seeds per step."""
+        p = float((self.config.get("unlabelled", {}) or {}).get("cutmix", 0.0) or 0.0)
+        if p <= 0 or images.shape[0] < 2:
+            return None
+        lo, hi = (float(v) for v in self.config["unlabelled"].get("cutmix_size", [0.5, 0.8]))
+        spatial = images.shape[2:]
+        mask = torch.zeros((images.shape[0], *spatial), dtype=torch.bool, device=images.device)
+        for i in range(images.shape[0]):
+            draw = torch.rand(1 + 2 * len(spatial))
+            if float(draw[0]) >= p:
+                continue
+            box = []
+            for d, size in enumerate(spatial):
+                side = max(int(round(size * (lo + (hi - lo) * float(draw[1 + d])))), 1)
+                start = int(float(draw[1 + len(spatial) + d]) * (size - side + 1))
+                box.append(slice(start, start + side))
+            mask[(i, *box)] = True
+        return mask if bool(mask.any()) else None
+
+    @staticmethod
+    def mix(mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        """Inside ``mask`` (B, *S), take the next sample's values of ``x`` (B, *S) or (B, K, *S)."""
+        if mask is None:
+            return x
+        m = mask if x.dim() == mask.dim() else mask.unsqueeze(1)
+        return torch.where(m, x.roll(1, 0), x)
+
     # ---- the mathematics -------------------------------------------------------------------
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (B, C, *S) for images (B, channels, *S)."""
