@@ -114,3 +114,14 @@ def test_embedmatch_resume_with_views_is_exact(tiny_cache: Path, tmp_path: Path,
     assert a.keys() == b.keys() and any("bank" in k for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_cutmix_boxes_mix_images_and_targets_alike():
+    m = _method(extra=["unlabelled.cutmix=1.0"])
+    torch.manual_seed(0)
+    x = torch.arange(2.0).reshape(2, 1, 1, 1).expand(2, 1, 16, 16).clone()
+    box = m.cutmix_mask(x)
+    assert box is not None and 0 < box.float().mean() < 1
+    labels = torch.arange(2).reshape(2, 1, 1).expand(2, 16, 16)
+    assert torch.equal(m.mix(box, x)[:, 0], m.mix(box, labels).float())  # image and target swap the same voxels
+    assert _method().cutmix_mask(x) is None  # off by default
