@@ -89,8 +89,9 @@ def test_embedmatch_resume_with_views_is_exact(tiny_cache: Path, tmp_path: Path,
     """A run interrupted after its step-2 checkpoint and resumed ends with the weights, bank and
     teacher of an uninterrupted run: all randomness (views, MC dropout, bank picks, query subset)
     comes from the step seed and the state lives in buffers."""
-    from semiseg.training.checkpoint import latest_checkpoint, load_model_state
     from semiseg.training.runs import train
+
+    from semiseg.training.checkpoint import latest_checkpoint, load_model_state
 
     over = TINY + TINY_NET + ["dims=2", "teacher.warmup=0.25", "teacher.policy=ema", "unlabelled.weak=true",
                               "unlabelled.strong.prob=1.0", "unlabelled.strong.cutout=1", "unlabelled.strong.cutout_prob=1.0",
