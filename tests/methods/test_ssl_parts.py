@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY, TINY_NET
+from helpers import TINY, TINY_NET, data_info
 from semiseg.config import load_config
 from semiseg.data.labels import BINARY, BRATS2021
 from semiseg.methods.embedmatch import EmbedMatch
@@ -43,7 +43,7 @@ def test_strong_view_is_seeded_intensity_only():
 
 def _method(scheme=BINARY, extra=()):
     cfg = load_config(EmbedMatch.config_files, "small", overrides=["network.features=[8,8,8,8,8,4]", "dims=2", *extra])
-    return EmbedMatch(cfg, {"modalities": ["t1"], "scheme": scheme.to_json(), "slice_size": 16})
+    return EmbedMatch(cfg, data_info(scheme=scheme, slice_size=16))
 
 
 def test_boundary_mask_and_boundary_share_of_the_bank():
@@ -89,14 +89,13 @@ def test_embedmatch_resume_with_views_is_exact(tiny_cache: Path, tmp_path: Path,
     """A run interrupted after its step-2 checkpoint and resumed ends with the weights, bank and
     teacher of an uninterrupted run: all randomness (views, MC dropout, bank picks, query subset)
     comes from the step seed and the state lives in buffers."""
-    from semiseg.training.runs import train
-
+    from semiseg.runs import train
     from semiseg.training.checkpoint import latest_checkpoint, load_model_state
 
     over = TINY + TINY_NET + ["dims=2", "teacher.warmup=0.25", "teacher.policy=ema", "unlabelled.weak=true",
                               "unlabelled.strong.prob=1.0", "unlabelled.strong.cutout=1", "unlabelled.strong.cutout_prob=1.0",
                               "matching.max_queries=50", "matching.boundary_fraction=0.5", "uncertainty.passes=2"]
-    train(tiny_cache, "embedmatch", tmp_path / "straight", preset="small", labeled=3, seed=0, overrides=over)
+    train(tiny_cache, "embedmatch", tmp_path / "straight", preset="small", n_labelled=3, seed=0, overrides=over)
 
     original = EmbedMatch.after_optimizer_step
 
@@ -107,9 +106,9 @@ def test_embedmatch_resume_with_views_is_exact(tiny_cache: Path, tmp_path: Path,
 
     monkeypatch.setattr(EmbedMatch, "after_optimizer_step", crash)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_cache, "embedmatch", tmp_path / "split", preset="small", labeled=3, seed=0, overrides=over)
+        train(tiny_cache, "embedmatch", tmp_path / "split", preset="small", n_labelled=3, seed=0, overrides=over)
     monkeypatch.setattr(EmbedMatch, "after_optimizer_step", original)
-    train(tiny_cache, "embedmatch", tmp_path / "split", preset="small", labeled=3, seed=0, overrides=over, resume=True)
+    train(tiny_cache, "embedmatch", tmp_path / "split", preset="small", n_labelled=3, seed=0, overrides=over, resume=True)
     a = load_model_state(latest_checkpoint(tmp_path / "straight"))
     b = load_model_state(latest_checkpoint(tmp_path / "split"))
     assert a.keys() == b.keys() and any("bank" in k for k in a)
@@ -125,4 +124,4 @@ def test_cutmix_boxes_mix_images_and_targets_alike():
     assert box is not None and 0 < box.float().mean() < 1
     labels = torch.arange(2).reshape(2, 1, 1).expand(2, 16, 16)
     assert torch.equal(m.mix(box, x)[:, 0], m.mix(box, labels).float())  # image and target swap the same voxels
-    assert _method().cutmix_mask(x) is None  # off by default
+    assert _method(extra=["unlabelled.cutmix=0.0"]).cutmix_mask(x) is None  # off
