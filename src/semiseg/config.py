@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from semiseg.errors import SemisegInputError
+from semiseg.files import os_problem
 
 #: kinds of value a setting may have beyond those the presets show: one null in every preset,
 #: and an angle the presets happen to give in whole degrees
@@ -84,8 +85,10 @@ def read_yaml_file(path: str | PathLike, what: str = "file") -> Any:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise SemisegInputError(path, f"{what} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SemisegInputError(path, f"{what} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    except OSError as exc:
+        raise SemisegInputError(path, f"{what} cannot be read: {os_problem(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise SemisegInputError(path, f"{what} cannot be read ({exc})") from None
     return load_yaml(text, path)
 
 
