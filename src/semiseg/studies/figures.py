@@ -82,7 +82,7 @@ def sample_grid(run: str | PathLike, out: str | PathLike, n: int = 16, steps: in
     from semiseg.training.distributed import pick_device
 
     if n < 1 or steps < 1:
-        raise SemisegInputError(None, f"--n and --steps must be at least 1, got {n} and {steps}")
+        raise SemisegInputError(None, f"--count and --steps must be at least 1, got {n} and {steps}")
     check_output(out, "file")
     method, record = load_trained(run, pick_device(0, device))
     if record.method != "ddpm":
