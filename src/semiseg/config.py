@@ -21,9 +21,9 @@ import yaml
 from semiseg.errors import SemisegInputError
 from semiseg.files import os_problem
 
-#: kinds of value a setting may have beyond those the presets show: one null in every preset,
-#: and an angle the presets happen to give in whole degrees
-EXTRA_KINDS = {"unlabelled_batch_size": {"int"}, "augment.rotate_degrees": {"float"}}
+#: kinds of value a setting may have beyond those the presets show: one null in every preset, an
+#: angle the presets happen to give in whole degrees, and a count the presets leave at "auto"
+EXTRA_KINDS = {"unlabelled_batch_size": {"int"}, "augment.rotate_degrees": {"float"}, "train.workers": {"int"}}
 #: a value of the kind on the left is accepted where the presets have the kind on the right
 WIDER = {"int": {"float"}, "list[int]": {"list[float]"}, "list[]": {"list[int]", "list[float]", "list[str]", "list"}}
 KIND_NAMES = {
