@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from semiseg.errors import SemisegInputError
-from semiseg.files import atomic_path
+from semiseg.files import atomic_path, os_problem
 
 #: affines of co-registered images may differ by float noise; anything larger is a real mismatch
 AFFINE_TOLERANCE = 1e-3
@@ -78,6 +78,10 @@ def _open(path: Path) -> nib.Nifti1Image:
     _check_file(path)
     try:
         img = nib.load(str(path))
+    except OSError as exc:
+        if exc.errno is not None:  # the OS refused (permission denied, I/O error), not the format
+            raise SemisegInputError(path, f"cannot be read: {os_problem(exc)}") from None
+        raise SemisegInputError(path, f"cannot be read as NIfTI ({type(exc).__name__}: {exc})") from None
     except Exception as exc:  # nibabel raises many types for foreign or truncated files
         raise SemisegInputError(path, f"cannot be read as NIfTI ({type(exc).__name__}: {exc})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -155,7 +159,11 @@ def _load_voxels(path: Path, dtype: type) -> np.ndarray:
     else:
         try:
             data = np.asanyarray(_open(path).dataobj)
-        except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+        except OSError as exc:
+            if exc.errno is not None:  # the OS refused (permission denied, I/O error), not the format
+                raise SemisegInputError(path, f"cannot be read: {os_problem(exc)}") from None
+            raise SemisegInputError(path, f"is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+        except (EOFError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
             raise SemisegInputError(path, f"is truncated or corrupt ({type(exc).__name__}: {exc})") from None
     if np.iscomplexobj(data):
         raise SemisegInputError(path, "has complex voxels; expected real values")

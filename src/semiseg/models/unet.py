@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from monai.networks.nets import BasicUNet
 from torch import nn
+
+from semiseg.errors import SemisegInputError
+
+#: times BasicUNet halves its input (max-pooling by 2)
+POOLINGS = 4
 
 #: where dropout can sit: after the bottleneck, after the first up-block, before the 1x1 head
 DROPOUT_SITES = ("bottleneck", "up", "head")
@@ -94,6 +100,18 @@ class SegUNet(BasicUNet):
                 m.eval()
         probs = torch.softmax(logits.float(), 1).reshape(passes, x.shape[0], *logits.shape[1:])
         return probs.mean(0), emb
+
+    @staticmethod
+    def check_input_size(spatial: Sequence[int], setting: str) -> None:
+        """One-line error, naming ``setting``, for inputs too small for the network: after its
+        poolings the bottleneck's instance norm needs more than one voxel."""
+        deepest = [int(s) // 2**POOLINGS for s in spatial]
+        if min(deepest) < 1 or math.prod(deepest) < 2:
+            raise SemisegInputError(
+                None,
+                f"{setting} {list(spatial)} is too small for the U-Net's {POOLINGS} poolings (its deepest level would be "
+                f"{'x'.join(map(str, deepest))} voxels); use at least {2 ** (POOLINGS + 1)} along each side",
+            )
 
 
 _DROPOUTS = (nn.Dropout, nn.Dropout2d, nn.Dropout3d)
