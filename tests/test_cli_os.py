@@ -159,7 +159,7 @@ def test_permission_denied(tmp_path: Path, inputs: dict[str, Path]):
         "unreadable image": ["case00_flair.nii.gz: cannot be read: permission denied"],
         "unreadable run record": ["config.json: run record cannot be read: permission denied"],
         "unreadable cache array": [".slices.npy: cannot be read: permission denied"],
-        "unreadable study file": ["study.yaml: study file cannot be read: permission denied"],
+        "unreadable study file": ["study.yaml' is not readable"],
     })
 
 

@@ -12,6 +12,7 @@ format its name asks for, with the geometry of a reference image copied exactly.
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from dataclasses import dataclass
 from os import PathLike
@@ -68,6 +69,8 @@ def _check_file(path: Path) -> str:
         raise SemisegInputError(path, "file not found")
     if not path.is_file():
         raise SemisegInputError(path, "is not a file")
+    if not os.access(path, os.R_OK):  # nibabel reports a refused open as a format error
+        raise SemisegInputError(path, "cannot be read: permission denied")
     ending = image_ending(path.name)
     if ending is None:
         raise SemisegInputError(path, f"is not an image semiseg reads ({', '.join(IMAGE_ENDINGS)})")
