@@ -122,3 +122,47 @@ def data_info(modalities: tuple[str, ...] = ("t1",), scheme=None, slice_size: in
     from semiseg.preprocess.normalise import Normaliser
 
     return DataInfo(tuple(modalities), {m: "MRI" for m in modalities}, scheme or BINARY, Normaliser(["MRI"] * len(modalities)), slice_size, "nnunet")
+
+
+def small_study(folder: Path, data: Path, out: str, methods: tuple[str, ...] = ("supervised", "ddpm-finetune"),
+                seeds: tuple[int, ...] = (0, 1), settings: dict | None = None, extras: bool = True) -> Path:
+    """Write ``folder/<out>.yaml``: a study of ``data`` (prepared into its own cache, a DDPM pretrained
+    for it) cheap enough for several sweeps per test session; supervised runs are long enough (30
+    steps, a checkpoint every 5) to be interrupted midway. With ``extras`` every kind of run a study
+    can have: the upper bound, a guided selection chain (supervised, random picks in rounds of 1 and
+    2 labels) and an external method (the ground truth as its predictions, in ``folder/external``).
+    Returns the YAML's path."""
+    import shutil
+
+    import yaml
+
+    spec = {
+        "out": out, "data": str(data), "slice_size": 32, "test_fraction": 0.25, "methods": list(methods), "budgets": [2],
+        "seeds": list(seeds), "preset": "small", "ddpm": {"preset": "small", "set": TINY_DDPM},
+        "settings": settings or {
+            "all": ["train.steps=6", "train.batch_size=2", "train.log_every=3", "train.checkpoint_every=3"],
+            "supervised": ["network.features=[8,8,16,16,16,8]", "train.steps=30", "train.log_every=5", "train.checkpoint_every=5"],
+        },
+        "test_slices_per_case": 4, "overlays": 2,
+    }
+    if extras:
+        for seed in seeds:
+            preds = folder / "external" / f"n2-s{seed}"
+            preds.mkdir(parents=True, exist_ok=True)
+            for label in data.glob("*/*_seg.nii.gz"):
+                shutil.copy(label, preds / f"{label.parent.name}.nii.gz")
+        spec |= {"upper_bound": True, "selection": {"strategy": "random", "rounds": [1, 2], "methods": ["supervised"]},
+                 "external": {"truth": {"predictions": str(folder / "external" / "n{budget}-s{seed}"), "space": "original"}}}
+    path = folder / f"{out}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def worker_placement(barrier) -> tuple[str | None, int]:
+    """In a pool worker, once every worker has reached ``barrier``: its CUDA_VISIBLE_DEVICES and torch threads."""
+    import os
+
+    import torch
+
+    barrier.wait(timeout=120)
+    return os.environ.get("CUDA_VISIBLE_DEVICES"), torch.get_num_threads()

@@ -324,18 +324,96 @@ def sweep(
     modalities: Annotated[Optional[str], typer.Option("--modalities", "-m", help="Channels, e.g. flair,t1ce.")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset of every method.")] = None,
     device: DeviceOpt = None,
+    list_: Annotated[bool, typer.Option("--list", help="Show each run's state (done, running, failed, to do) and Slurm job; run nothing.")] = False,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Results, summary, figures and report from the finished runs only.")] = False,
+    keep_going: Annotated[bool, typer.Option("--keep-going", help="Record a failing run's error and go on with the others.")] = False,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Run only shard i of n of the runs, e.g. 1/4.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Runs at a time, each in its own process (default 1, or one per GPU).")] = None,
+    gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPUs for the workers, e.g. 0,1,2,3; each worker gets one.")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="Torch threads per run (default: cores / workers); CPU results depend on it.")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="local (this machine) or slurm (jobs through submitit).")] = "local",
+    partition: Annotated[Optional[str], typer.Option("--partition", help="Slurm partition.", rich_help_panel="Slurm")] = None,
+    gpus_per_run: Annotated[Optional[int], typer.Option("--gpus-per-run", help="GPUs of each run's job (default 0).", rich_help_panel="Slurm")] = None,
+    cpus_per_run: Annotated[Optional[int], typer.Option("--cpus-per-run", help="CPUs (torch threads) of each job.", rich_help_panel="Slurm")] = None,
+    time_limit: Annotated[Optional[str], typer.Option("--time", help="Time limit of each job (default 4:00:00); then it is requeued and resumes.",
+                                                      rich_help_panel="Slurm")] = None,
+    array_parallelism: Annotated[Optional[int], typer.Option("--array-parallelism", help="At most this many runs at once.", rich_help_panel="Slurm")] = None,
+    setup_gpus: Annotated[Optional[int], typer.Option("--setup-gpus", help="GPUs of the set-up job (DDP; default: --gpus-per-run).",
+                                                      rich_help_panel="Slurm")] = None,
+    slurm_option: Annotated[Optional[list[str]], typer.Option("--slurm-option", help="More sbatch options as key=value, e.g. account=lab (repeatable).",
+                                                              rich_help_panel="Slurm")] = None,
 ) -> None:
-    """Label-efficiency sweep: methods x budgets x seeds on one patient-level split; resumable."""
-    from rich.console import Console
+    """Label-efficiency sweep: methods x budgets x seeds on one patient-level split; resumable and safe to run in parallel.
+    Exit code 3: the study has failed runs (see --list); 2: bad input."""
+    from semiseg.errors import SemisegInputError
 
-    from semiseg.studies.sweep import load_study, read_summary, run_sweep, summary_table
+    slurm = dict(partition=partition, gpus_per_run=gpus_per_run, cpus_per_run=cpus_per_run, time=time_limit,
+                 array_parallelism=array_parallelism, setup_gpus=setup_gpus, slurm_option=slurm_option)
+    local = dict(workers=workers, gpus=gpus, shard=shard, keep_going=keep_going or None)
+    if executor not in ("local", "slurm"):
+        raise SemisegInputError(None, f"--executor {executor!r}: expected local or slurm")
+    if list_ and report_only:
+        raise SemisegInputError(None, "--list and --report-only do not go together")
+    if executor == "slurm" and (given := [k for k, v in local.items() if v is not None]):
+        raise SemisegInputError(None, f"--{given[0].replace('_', '-')} is for local sweeps (with Slurm every run is a task of its own; "
+                                      "see --array-parallelism)")
+    if executor == "local" and (given := [k for k, v in slurm.items() if v is not None]):
+        raise SemisegInputError(None, f"--{given[0].replace('_', '-')} is a Slurm option: add --executor slurm")
+    shard_of = _shard(shard) if shard else None
+
+    from semiseg.studies.execution import sweep_study, write_report_now
+    from semiseg.studies.sweep import load_study
 
     spec = load_study(
         study, out=str(out) if out else None, data=str(data) if data else None, cache=str(cache) if cache else None,
         methods=_csv(methods), budgets=_ints(budgets, "--budgets"), seeds=_ints(seeds, "--seeds"), modalities=_csv(modalities),
         preset=preset, device=device,
     )
-    report = run_sweep(spec)
+    if list_:
+        _print_status(spec)
+    elif report_only:
+        _print_summary(spec, write_report_now(spec))
+    elif executor == "slurm":
+        _submit(spec, slurm, threads)
+    else:
+        _print_outcome(spec, sweep_study(spec, workers=workers, gpus=_csv(gpus), threads=threads, keep_going=keep_going, shard=shard_of))
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """``--shard i/n`` (1 <= i <= n) -> (i, n)."""
+    from semiseg.errors import SemisegInputError
+
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise SemisegInputError(None, f"--shard {text!r}: expected i/n, e.g. 1/4") from None
+    if not 1 <= i <= n:
+        raise SemisegInputError(None, f"--shard {text!r}: i must be between 1 and n")
+    return i, n
+
+
+def _print_outcome(spec, outcome) -> None:
+    """The summary tables and report of a finished study, or what is unfinished; the failed runs
+    and exit code 3 if there are any."""
+    from semiseg.studies.execution import EXIT_FAILED_RUNS
+
+    if outcome.report is not None:
+        _print_summary(spec, outcome.report)
+    else:
+        typer.echo(f"{len(outcome.unfinished)} runs are not finished (to do in other shards, or running elsewhere); the last sweep to "
+                   "finish writes the report (or use --report-only); see --list")
+    if outcome.failures:
+        for f in outcome.failures:
+            typer.echo(f"failed: {f.run}: {f.error.splitlines()[0] if f.error else ''}", err=True)
+        typer.echo(f"{len(outcome.failures)} runs failed (records in {Path(spec.out) / 'failures'}); exit code {EXIT_FAILED_RUNS}", err=True)
+        raise typer.Exit(EXIT_FAILED_RUNS)
+
+
+def _print_summary(spec, report: Path) -> None:
+    from rich.console import Console
+
+    from semiseg.studies.sweep import read_summary, summary_table
+
     console = Console()
     summary = read_summary(spec.out)
     console.print(summary_table(summary, "dice"))
@@ -343,6 +421,58 @@ def sweep(
     if any(r.get("protocol") == "volume" for r in summary) and spec.dims == 2 and spec.test_slices_per_case:
         console.print(summary_table(summary, "dice", "volume"))
     typer.echo(f"report: {report}")
+
+
+def _print_status(spec) -> None:
+    """``sweep --list``: the set-up's and every run's state, with Slurm jobs where submitted."""
+    from collections import Counter
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from semiseg.studies.execution import study_status
+
+    setup, rows = study_status(spec)
+    slurm = None
+    if (Path(spec.out) / "slurm" / "jobs.json").exists():
+        try:
+            from semiseg.studies.slurm import slurm_status
+        except ImportError:
+            typer.echo("(install semiseg[slurm] to see the Slurm jobs' states)", err=True)
+        else:
+            slurm = slurm_status(spec.out)
+    table = Table(title=f"{spec.out}: set-up {setup}" + (f" (Slurm job {slurm.setup[0]} {slurm.setup[1]})" if slurm and slurm.setup else ""))
+    for col in ("method", "labels", "seed", "state") + (("Slurm job", "Slurm state") if slurm else ()) + ("detail",):
+        table.add_column(col)
+    for r in rows:
+        job = slurm.runs.get(r.run.name, ("", "")) if slurm else None
+        table.add_row(r.run.method, str(r.run.budget), str(r.run.seed), r.state, *(job or ()), r.detail)
+    console = Console()
+    if not console.is_terminal:  # piped: keep each run on one line
+        console = Console(width=200)
+    console.print(table)
+    counts = Counter(r.state for r in rows)
+    typer.echo(", ".join(f"{state}: {counts.get(state, 0)}" for state in ("done", "running", "failed", "to do"))
+               + (f"; report job {slurm.report[0]} {slurm.report[1]}" if slurm and slurm.report else ""))
+
+
+def _submit(spec, slurm: dict, threads: int | None) -> None:
+    """``sweep --executor slurm``: submit the jobs, or write the report if every run has ended."""
+    from semiseg.errors import SemisegInputError
+    from semiseg.studies.execution import finish_study
+
+    try:
+        from semiseg.studies.slurm import slurm_options, submit_study
+    except ImportError:
+        raise SemisegInputError(None, "--executor slurm needs submitit: pip install 'semiseg[slurm]'") from None
+    submission = submit_study(spec, slurm_options(threads=threads, **slurm))
+    if submission is None:  # nothing to submit: every run has ended, or is queued or running
+        _print_outcome(spec, finish_study(spec))
+        return
+    typer.echo((f"set-up job {submission.setup}, then " if submission.setup else "")
+               + (f"job array {submission.array} ({len(submission.runs)} runs), " if submission.array else "")
+               + f"report job {submission.report}; "
+               f"follow them with --list (logs in {Path(spec.out) / 'slurm'})")
 
 
 @app.command("export-nnunet")

@@ -100,16 +100,33 @@ def selection_file(out: str | PathLike, label: str, budget: int, seed: int) -> P
     return Path(out) / "selection" / label / f"n{budget}-s{seed}.csv"
 
 
+def guided_methods(study: Any) -> list[str]:
+    """The segmentation methods a study's selection block runs guided chains for."""
+    from semiseg.methods.base import get_method
+
+    plan = SelectionPlan.from_study(study.selection)
+    return [m for m in (plan.methods or study.methods) if get_method(m).segments]
+
+
+def guided_jobs(study: Any) -> list[tuple[str, int, int]]:
+    """Every (method label, budget, seed) run of ``study``'s guided chains in the order
+    :func:`run_guided` runs them, without running anything (none without a selection block)."""
+    if not study.selection:
+        return []
+    plan = SelectionPlan.from_study(study.selection)
+    return [(guided_label(m, strategy), budget, seed) for m in guided_methods(study) for strategy in plan.strategies
+            for seed in study.seeds for budget in plan.rounds]
+
+
 def run_guided(study: Any, cache: Cache, ddpm_run: Path | None, keep: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
     """Run (or finish) every guided chain of ``study``; returns its (method label, budget, seed) runs."""
-    from semiseg.methods.base import get_method
     from semiseg.runs import load_trained, read_run_record
     from semiseg.runs.record import CONFIG
     from semiseg.studies.sweep import run_one, run_path
     from semiseg.training.distributed import pick_device
 
     plan = SelectionPlan.from_study(study.selection)
-    methods = [m for m in (plan.methods or study.methods) if get_method(m).segments]
+    methods = guided_methods(study)
     features = plan.first_features(ddpm_run, study.dims)
     if features == "ddpm" and ddpm_run is None:
         raise SemisegInputError(None, "selection.features is ddpm, but the study has no DDPM (add a diffusion method or ddpm: {run: ...})")

@@ -347,9 +347,11 @@ def _min_wilcoxon_p(n: int) -> float:
 
 def write_report(
     study: Any, cache: Cache, summary: list[dict], patients: dict[tuple, dict[str, PatientValue]], keep: list[tuple[str, int]],
-    ddpm_run: Path | None, provenance: Any,
+    ddpm_run: Path | None, provenance: Any, missing: list[tuple[str, str]] | None = None,
 ) -> Path:
-    """Write the figures (PNG, PDF, SVG) and report.html into the study folder; returns the report's path."""
+    """Write the figures (PNG, PDF, SVG) and report.html into the study folder; ``missing`` lists
+    (run, why) of the study's runs not in these results (failed, running or not run yet), which
+    the report names. Returns the report's path."""
     from semiseg.studies.holdout import primary_protocol
     from semiseg.studies.sweep import for_protocol
 
@@ -443,6 +445,7 @@ def write_report(
         "transductive": transductive,
         "method_configs": {m: json.dumps(e["config"], indent=1) for m, e in prov["methods"].items()},
         "ddpm_config": json.dumps(prov["ddpm"]["config"], indent=1) if prov.get("ddpm") else None,
+        "missing": list(missing or []),
     }
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)

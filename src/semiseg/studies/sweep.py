@@ -16,10 +16,14 @@ Layout of a study folder::
     OUT/provenance.json       versions, configurations, item IDs and wall times of every run
     OUT/timing.json           wall time of the sweep sessions (each run has its own timing.json)
     OUT/*.png|pdf|svg, OUT/report.html
+    OUT/locks/, OUT/failures/, OUT/sweep.log   who runs what, what failed (:mod:`semiseg.studies.execution`)
+    OUT/slurm/                submitit's jobs, when the study runs on Slurm (:mod:`semiseg.studies.slurm`)
 
 A run counts as finished once its ``test_metrics.csv`` exists (written atomically after training
 and testing); an interrupted run is resumed from its last checkpoint, which continues exactly, so
-a restarted sweep redoes nothing and ends with the results an uninterrupted one would have.
+a restarted sweep redoes nothing and ends with the results an uninterrupted one would have. How the
+runs are executed (here, in a worker pool, by several processes at once, on Slurm) is
+:mod:`semiseg.studies.execution`'s and :mod:`semiseg.studies.slurm`'s.
 
 ``external`` methods (predictions made by another tool, e.g. nnU-Net trained on ``semiseg
 export-nnunet``'s datasets; see :mod:`semiseg.studies.external`) are scored by the same
@@ -30,7 +34,7 @@ training starts.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -297,6 +301,42 @@ def run_path(out: str | PathLike, method: str, n_labelled: int, seed: int) -> Pa
     return Path(out) / "runs" / method / f"n{n_labelled}-s{seed}"
 
 
+@dataclass(frozen=True, order=True)
+class RunKey:
+    """One run of a study: a method at a label budget with a seed."""
+
+    method: str
+    budget: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """A file-name-safe identifier, e.g. ``supervised-n10-s0`` (lock and failure files)."""
+        return f"{self.method}-n{self.budget}-s{self.seed}"
+
+    def folder(self, out: str | PathLike) -> Path:
+        return run_path(out, self.method, self.budget, self.seed)
+
+    def __str__(self) -> str:
+        return f"{self.method} n={self.budget} seed={self.seed}"
+
+
+def study_runs(study: Study, cache: Cache | None = None) -> list[RunKey]:
+    """Every run the sweep trains one by one, in job order (budget, seed, method), the order of
+    results.csv; given the cache, then the upper-bound runs (their budget is the cache's labelled
+    pool) that are not among them. Guided selection's rounds are chains, run by
+    :func:`semiseg.studies.active.run_guided`."""
+    runs = [RunKey(m, b, s) for b in study.budgets for s in study.seeds for m in study.methods]
+    if cache is not None:
+        runs += [run for run in (RunKey(*job) for job in upper_bound_jobs(study, cache)) if run not in runs]
+    return runs
+
+
+def is_done(out: str | PathLike, run: RunKey) -> bool:
+    """A run is finished once its test metrics are written (atomically, after training and testing)."""
+    return (run.folder(out) / TEST_METRICS).exists()
+
+
 def study_plan(study: Study, cache: Cache, n_labelled: int, seed: int):
     """The data plan a run of the study with ``n_labelled`` labels and ``seed`` trains on."""
     from semiseg.training.plan import make_plan
@@ -425,9 +465,12 @@ def upper_bound_jobs(study: Study, cache: Cache) -> list[tuple[str, int, int]]:
     return [(BASELINE, len(labelled_pool(cache, study.dims)), s) for s in study.seeds]
 
 
-def run_sweep(study: Study) -> Path:
-    """Run (or finish) a study; returns the path of its report."""
+def run_sweep(study: Study, **options: Any) -> Path | None:
+    """Run (or finish) a study; returns the path of its report (None when runs of other shards or
+    processes are still unfinished). ``options`` are those of
+    :func:`semiseg.studies.execution.sweep_study` (workers, gpus, threads, keep_going, shard)."""
     from semiseg.runs.train import has_progress
+    from semiseg.studies.execution import sweep_study
 
     out = Path(study.out)
     check_output(out, "folder")
@@ -435,53 +478,9 @@ def run_sweep(study: Study) -> Path:
         cache = Cache(study.cache)
         if len(cache.ids("test")) == 0:
             raise SemisegInputError(cache.root, "has no test patients; prepare it with --test-fraction above 0")
-    # a failed sweep keeps what a rerun continues from (a prepared cache, runs with checkpoints)
+    # a failed first sweep keeps what a rerun continues from (a prepared cache, runs with checkpoints)
     with removed_on_failure(out, keep=has_progress):
-        return _run_sweep(study, out)
-
-
-def _run_sweep(study: Study, out: Path) -> Path:
-    from semiseg.training.log import TIMING_FILE, WallClock
-
-    cache = prepare_study_cache(study)
-    if len(cache.ids("test")) == 0:
-        raise SemisegInputError(cache.root, "has no test patients; prepare it with --test-fraction above 0")
-    externals = study.external_methods()
-    if externals:
-        from semiseg.studies.external import prediction_files
-
-        for ext in externals:  # before hours of training, not after
-            for b in study.budgets:
-                for s in study.seeds:
-                    prediction_files(ext, b, s, cache.ids("test"))
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "study.json", asdict(study))
-    clock = WallClock(out / TIMING_FILE, "sweep")
-    needs_ddpm = any(get_method(m).needs_ddpm for m in study.methods)
-    ddpm_run = pretrain_study_ddpm(study, cache) if needs_ddpm else None
-    keep = overlay_slices(cache, cache.ids("test"), study.overlays, study.dims)
-    jobs = [(m, b, s) for b in study.budgets for s in study.seeds for m in study.methods]
-    upper = upper_bound_jobs(study, cache)
-    todo = jobs + [j for j in upper if j not in jobs]
-    with progress_bar() as bar:
-        task = bar.add_task("sweep", total=len(todo), info="", unit="run", every=1)
-        for i, (m, b, s) in enumerate(todo):
-            bar.update(task, info=f"{m} n={b} seed={s}")
-            run_one(study, cache, m, b, s, ddpm_run, keep)
-            clock.tick()
-            bar.update(task, completed=i + 1)
-    for ext in externals:
-        for b in study.budgets:
-            for s in study.seeds:
-                score_external(study, cache, ext, b, s, keep)
-                jobs.append((ext.name, b, s))
-    if study.selection:
-        from semiseg.studies.active import run_guided
-
-        jobs += run_guided(study, cache, ddpm_run, keep)
-    report = write_study_outputs(study, cache, jobs, upper, keep, ddpm_run)
-    clock.tick()
-    return report
+        return sweep_study(study, **options).report
 
 
 def collect_results(out: str | PathLike, jobs: list[tuple[str, int, int]], upper: list[tuple[str, int, int]] = ()) -> list[dict]:
@@ -502,17 +501,31 @@ def collect_results(out: str | PathLike, jobs: list[tuple[str, int, int]], upper
     return results
 
 
+def check_external(study: Study, cache: Cache) -> None:
+    """Every prediction file of the study's external methods exists (before hours of training, not after)."""
+    from semiseg.studies.external import prediction_files
+
+    for ext in study.external_methods():
+        for b in study.budgets:
+            for s in study.seeds:
+                prediction_files(ext, b, s, cache.ids("test"))
+
+
 def write_study_outputs(
-    study: Study, cache: Cache, jobs: list[tuple[str, int, int]], upper: list[tuple[str, int, int]], keep: list[tuple[str, int]], ddpm_run: Path | None
+    study: Study, cache: Cache, jobs: list[tuple[str, int, int]], upper: list[tuple[str, int, int]], keep: list[tuple[str, int]],
+    ddpm_run: Path | None, missing: list[tuple[str, str]] | None = None,
 ) -> Path:
-    """From the finished runs: results.csv, summary.csv, per_patient.csv, summary.tex,
-    provenance.json, the figures and report.html; returns the report's path."""
+    """From the finished runs ``jobs`` (and ``upper``): results.csv, summary.csv, per_patient.csv,
+    summary.tex, provenance.json, the figures and report.html; ``missing`` lists (run, why) of the
+    study's runs not among them, which the report names. Returns the report's path."""
     from semiseg.studies.provenance import study_provenance
     from semiseg.studies.report import write_report, write_summary_tex
     from semiseg.studies.stats import patient_values
 
     out = Path(study.out)
     results = collect_results(out, jobs, upper)
+    if not results:
+        raise SemisegInputError(out, "no run of the study has finished yet, so there is nothing to report")
     write_csv(out / "results.csv", results, RESULT_FIELDS)
     patients = patient_values(results)
     summary = summarise_results(results, patients)
@@ -521,7 +534,7 @@ def write_study_outputs(
     provenance = study_provenance(study, cache, jobs, upper, ddpm_run)
     write_json(out / "provenance.json", provenance.to_json())
     write_summary_tex(study, summary, out / "summary.tex")
-    return write_report(study, cache, summary, patients, keep, ddpm_run, provenance)
+    return write_report(study, cache, summary, patients, keep, ddpm_run, provenance, missing)
 
 
 def for_protocol(summary: list[dict], protocol: str) -> list[dict]:
