@@ -272,9 +272,14 @@ def check_settings(
             wanted = " or ".join(KIND_NAMES.get(k, k) for k in sorted(kinds))
             raise SemisegInputError(source, f"setting {path!r} must be {wanted}, got {value!r:.60}")
     if complete:
-        missing = [k for k in reference if k not in cfg]
-        if missing:
-            raise SemisegInputError(source, f"lacks the setting {prefix + missing[0]!r}")
+        for key, ref in reference.items():
+            if key in cfg:
+                continue
+            if isinstance(ref, dict):
+                raise SemisegInputError(source, f"lacks the setting {prefix + key!r}")
+            # a setting added after the record was written: its shipped default is what the code
+            # did before the setting existed, so records of earlier versions keep loading
+            out[key] = copy.deepcopy(ref)
     return out
 
 

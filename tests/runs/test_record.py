@@ -46,3 +46,11 @@ def test_record_that_is_not_an_object(tmp_path: Path):
     (tmp_path / CONFIG).write_text("[1, 2]")
     with pytest.raises(SemisegInputError, match=r"must hold a JSON object \(found: array\)"):
         read_run_record(tmp_path)
+
+
+def test_record_of_an_earlier_version_gets_later_settings_defaults(tmp_path: Path):
+    """A run written before a setting existed (here train.fused) loads with its shipped default."""
+    obj = record().to_json()
+    del obj["config"]["train"]["fused"]
+    (tmp_path / CONFIG).write_text(json.dumps(obj))
+    assert read_run_record(tmp_path).config["train"]["fused"] is True

@@ -95,13 +95,14 @@ class RunRecord:
 
 
 def _check_config(method: str, config: dict[str, Any], source: str | PathLike | None) -> None:
-    """The recorded settings have every key and kind of value the method's shipped presets have."""
+    """The recorded settings have every block and kind of value the method's shipped presets have;
+    settings added since the record was written are filled in with their shipped defaults."""
     try:
         cls = get_method(method)
     except SemisegInputError:
         raise SemisegInputError(source, f"run record names an unknown method {method!r}") from None
     settings = {k: v for k, v in config.items() if k != "ddpm"}
-    check_settings(settings, load_config(cls.config_files, "default"), source, complete=True)
+    config.update(check_settings(settings, load_config(cls.config_files, "default"), source, complete=True))
     if cls.needs_ddpm:
         ddpm = config.get("ddpm")
         if not isinstance(ddpm, dict) or not isinstance(ddpm.get("run"), str):
@@ -110,7 +111,7 @@ def _check_config(method: str, config: dict[str, Any], source: str | PathLike | 
         for block in ("model", "diffusion"):
             if not isinstance(ddpm.get(block), dict):
                 raise SemisegInputError(source, f"run record's config lacks the DDPM's {block!r} settings")
-            check_settings(ddpm[block], reference[block], source, f"ddpm.{block}.", complete=True)
+            ddpm[block] = check_settings(ddpm[block], reference[block], source, f"ddpm.{block}.", complete=True)
         if not isinstance(ddpm.get("sha256", ""), str):
             raise SemisegInputError(source, "run record's 'ddpm.sha256' must be a text")
 
