@@ -68,7 +68,7 @@ def test_study_external_entries(tmp_path: Path, tiny_cache: Path):
         ("external:\n  supervised: x\n", "external method 'supervised' has the name of one of the study's methods"),
         ("external:\n  t: {predictions: x, space: raw}\n", "space must be export or original"),
         ("external:\n  t: p/{fold}\n", "may use {budget} and {seed} only"),
-        ("external: [x]\n", "external must map method names"),
+        ("external: [x]\n", "study setting 'external' must be a mapping or null"),
     ):
         path.write_text(base + bad)
         with pytest.raises(SemisegInputError, match=message.replace("{", r"\{").replace("}", r"\}")):
