@@ -94,7 +94,8 @@ def test_keep_going_list_shard_and_report_only(study_data: Path, tmp_path: Path)
 
     code, stdout, err = finish(sweep(study, "--keep-going", "--shard", "2/2"))  # the two mean-teacher runs: both fail
     assert code == 3, err[-3000:]
-    assert "failed: mean-teacher n=2 seed=0: the settings do not build a mean-teacher model (ValueError: network.dropout_at" in err and "2 runs are not finished" in stdout
+    assert "failed: mean-teacher n=2 seed=0: the settings do not build a mean-teacher model (ValueError: network.dropout_at" in err
+    assert "2 runs are not finished" in stdout
     record = json.loads((out / "failures" / "mean-teacher-n2-s0.json").read_text())
     assert "network.dropout_at: unknown site" in record["error"] and "Traceback" in record["traceback"], record
     assert not (out / "report.html").exists()  # the supervised runs are still to do
