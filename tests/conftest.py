@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TINY_DDPM, tiny_cache_at, write_brats_case
+from helpers import TINY, TINY_DDPM, TINY_NET, tiny_cache_at, write_brats_case
 from semiseg.progress import set_enabled
 
 
@@ -37,4 +37,14 @@ def tiny_ddpm(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
     out = tmp_path_factory.mktemp("ddpm") / "run"
     train(tiny_cache, "ddpm", out, preset="small", overrides=TINY_DDPM)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2D supervised run of a few steps on tiny_cache (3 labelled slices)."""
+    from semiseg.runs import train
+
+    out = tmp_path_factory.mktemp("sup2d") / "run"
+    train(tiny_cache, "supervised", out, preset="small", n_labelled=3, overrides=TINY + TINY_NET + ["dims=2"])
     return out

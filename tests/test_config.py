@@ -1,5 +1,7 @@
 """Configuration: `semiseg config` prints every preset resolved, in one document that loads back
-unchanged, and YAML that gives a key twice is refused, naming the key."""
+unchanged, and YAML that gives a key twice is refused, naming the key. Settings are checked against
+the shipped presets: unknown keys, and values of the wrong kind, are one-line errors naming where
+they came from; numbers typed as text become numbers."""
 
 from pathlib import Path
 
@@ -74,3 +76,40 @@ def test_duplicate_keys_through_the_cli(tmp_path: Path, tiny_cache: Path):
     study.write_text(f"out: s\ncache: {tiny_cache}\nmethods: [supervised]\nbudgets: [2]\nbudgets: [3]\n")
     assert_one_line_error(semiseg("sweep", str(study)), "study.yaml: key 'budgets' appears twice (lines 4 and 5)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["my.yaml", "study.yaml"]
+
+
+FILES = ["segmentation", "supervised"]
+
+
+@pytest.mark.parametrize("item,message", [
+    ("train.steps=abc", "'train.steps' must be an integer, got 'abc'"),
+    ("train.steps=2.5", "'train.steps' must be an integer"),
+    ("train.lr=fast", "'train.lr' must be a number, got 'fast'"),
+    ("train=5", "'train' must be a mapping of settings, got 5"),
+    ("network.features=[a,b]", "'network.features' must be a list of integers"),
+    ("augment.flip=3", "'augment.flip' must be true or false"),
+    ("loss.class_weights=heavy", "'loss.class_weights' must be"),
+    ("train.steps=null", "'train.steps' must be an integer, got None"),
+    ("train.stepz=3", "unknown setting 'train.stepz'"),
+])
+def test_wrong_kind_is_an_error_naming_the_key(item: str, message: str):
+    with pytest.raises(SemisegInputError, match=f"^--set: .*{message.replace('[', '.').replace(']', '.')}"):
+        load_config(FILES, "small", overrides=[item])
+
+
+def test_accepted_values():
+    cfg = load_config(FILES, "small", overrides=["train.lr=1e-3", "train.grad_clip=null", "loss.class_weights=[1, 2.5]", "train.weight_decay=0"])
+    assert cfg["train"]["lr"] == 0.001 and cfg["train"]["grad_clip"] is None and cfg["loss"]["class_weights"] == [1, 2.5]
+    assert load_config(["segmentation", "mean_teacher"], "small", overrides=["unlabelled_batch_size=4"])["unlabelled_batch_size"] == 4
+
+
+def test_source_is_named():
+    with pytest.raises(SemisegInputError, match="^study.yaml, settings of supervised: unknown setting 'x'"):
+        load_config(FILES, "small", overrides=["x=1"], overrides_source="study.yaml, settings of supervised")
+
+
+def test_user_file_is_checked(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  steps: many\n")
+    with pytest.raises(SemisegInputError, match=r"mine\.yaml: setting 'train.steps' must be an integer, got 'many'"):
+        load_config(FILES, "small", user_file=path)

@@ -10,11 +10,49 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.16 ships its own copy of click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import UsageError
+
+
+def _fail(message: str) -> None:
+    """Print one line on stderr and exit with code 2."""
+    print(f"semiseg: error: {' '.join(message.split())}", file=sys.stderr)
+    raise typer.Exit(2)
+
+
+class OneLineErrors(TyperGroup):
+    """The group of semiseg's commands: users' mistakes (SemisegInputError), OS errors and wrong
+    options end with one line on stderr and exit code 2, whether the app runs as the console
+    script or under typer's CliRunner."""
+
+    def invoke(self, ctx: Any) -> Any:
+        from semiseg.errors import SemisegInputError
+        from semiseg.files import os_problem
+
+        try:
+            return super().invoke(ctx)
+        except SemisegInputError as exc:
+            _fail(str(exc))
+        except UsageError as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                raise
+            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            _fail(exc.format_message() + where)
+        except OSError as exc:
+            # a last resort: library code turns OS errors into SemisegInputErrors where it knows the
+            # file; this keeps the promise of one line for an OS error it did not foresee
+            _fail(f"{exc.filename}: {os_problem(exc)}" if exc.filename else os_problem(exc))
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     name="semiseg",
     help="Label-efficient medical image segmentation: diffusion representations, embedding matching and their baselines.",
     no_args_is_help=True,
@@ -52,6 +90,20 @@ def _main(
     ] = False,
 ) -> None:
     """Label-efficient medical image segmentation: diffusion representations, embedding matching and their baselines."""
+
+
+def _ints(value: str | None, option: str) -> list[int] | None:
+    """A comma-separated list of integers; anything else is a one-line error naming ``option``."""
+    from semiseg.errors import SemisegInputError
+
+    items = _csv(value)
+    if items is None:
+        return None
+    try:
+        return [int(v) for v in items]
+    except ValueError:
+        bad = next(v for v in items if not v.lstrip("+-").isdigit())
+        raise SemisegInputError(None, f"{option} {value!r}: {bad!r} is not an integer") from None
 
 
 @app.command()
@@ -312,10 +364,10 @@ def sweep(
     from semiseg.studies.execution import sweep_study, write_report_now
     from semiseg.studies.sweep import load_study
 
-    ints = lambda v: [int(x) for x in _csv(v)] if v else None  # noqa: E731
     spec = load_study(
         study, out=str(out) if out else None, data=str(data) if data else None, cache=str(cache) if cache else None,
-        methods=_csv(methods), budgets=ints(budgets), seeds=ints(seeds), modalities=_csv(modalities), preset=preset, device=device,
+        methods=_csv(methods), budgets=_ints(budgets, "--budgets"), seeds=_ints(seeds, "--seeds"), modalities=_csv(modalities),
+        preset=preset, device=device,
     )
     if list_:
         _print_status(spec)
@@ -434,15 +486,9 @@ def export_nnunet(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing datasets.")] = False,
 ) -> None:
     """Write a run's labelled items (a study's, per budget and seed) as nnU-Net v2 raw data, with the test patients held out."""
-    from semiseg.errors import SemisegInputError
     from semiseg.studies.export import export_source
 
-    try:
-        ints = lambda v: [int(x) for x in _csv(v)] if v else None  # noqa: E731
-        chosen_budgets, chosen_seeds = ints(budgets), ints(seeds)
-    except ValueError:
-        raise SemisegInputError(None, f"--budgets/--seeds: expected comma-separated integers, got {budgets or seeds!r}") from None
-    for export in export_source(source, out, dataset_id, name, chosen_budgets, chosen_seeds, overwrite):
+    for export in export_source(source, out, dataset_id, name, _ints(budgets, "--budgets"), _ints(seeds, "--seeds"), overwrite):
         typer.echo(f"{export.folder}: {len(export.training)} labelled {'slices' if export.dims == 2 else 'cases'}, {len(export.test)} test patients")
 
 
@@ -491,8 +537,10 @@ def patient(
     """Patient-level use case: train on a few annotated slices of one case, segment the whole volume."""
     from semiseg.studies.patient import run_patient
 
-    ints = [int(x) for x in _csv(label_slices)] if label_slices else None
-    result = run_patient(case, out, method, ints, label_count, _csv(modalities), slice_size, preset, set_, ddpm, seed=seed, device=device)
+    result = run_patient(
+        case, out, method, _ints(label_slices, "--label-slices"), label_count, _csv(modalities), slice_size, preset, set_, ddpm,
+        seed=seed, device=device,
+    )
     typer.echo(f"segmentation {result['segmentation']}; per-slice Dice {result['plot']} (annotated: {result['annotated']})")
 
 
@@ -514,14 +562,9 @@ def demo(
 
 
 def main() -> None:
-    """Console entry point: one line and exit code 2 for users' mistakes, no traceback."""
-    from semiseg.errors import SemisegInputError
-
-    try:
-        app()  # typer handles usage errors, --help and exit codes itself
-    except SemisegInputError as exc:
-        print(f"semiseg: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    """Console entry point (``semiseg``, ``python -m semiseg``): one line and exit code 2 for users'
+    mistakes, no traceback (see :class:`OneLineErrors`)."""
+    app()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ an edit made to the first would be lost without a word.
 from __future__ import annotations
 
 import copy
+import functools
+import math
 from importlib import resources
 from os import PathLike
 from pathlib import Path
@@ -17,6 +19,18 @@ from typing import Any
 import yaml
 
 from semiseg.errors import SemisegInputError
+from semiseg.files import os_problem
+
+#: kinds of value a setting may have beyond those the presets show: one null in every preset, an
+#: angle the presets happen to give in whole degrees, and a count the presets leave at "auto"
+EXTRA_KINDS = {"unlabelled_batch_size": {"int"}, "augment.rotate_degrees": {"float"}, "train.workers": {"int"}}
+#: a value of the kind on the left is accepted where the presets have the kind on the right
+WIDER = {"int": {"float"}, "list[int]": {"list[float]"}, "list[]": {"list[int]", "list[float]", "list[str]", "list"}}
+KIND_NAMES = {
+    "null": "null", "bool": "true or false", "int": "an integer", "float": "a number", "str": "a text",
+    "dict": "a mapping of settings", "list[int]": "a list of integers", "list[float]": "a list of numbers",
+    "list[str]": "a list of texts", "list": "a list",
+}
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -71,8 +85,10 @@ def read_yaml_file(path: str | PathLike, what: str = "file") -> Any:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise SemisegInputError(path, f"{what} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SemisegInputError(path, f"{what} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    except OSError as exc:
+        raise SemisegInputError(path, f"{what} cannot be read: {os_problem(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise SemisegInputError(path, f"{what} cannot be read ({exc})") from None
     return load_yaml(text, path)
 
 
@@ -109,12 +125,13 @@ def resolve_preset(presets: dict[str, Any], preset: str, source: str) -> dict[st
     return base if preset == first else merge(base, presets[preset] or {})
 
 
-def parse_overrides(items: list[str] | None) -> dict[str, Any]:
-    """Turn ``["train.steps=200", "blocks=[1,2]"]`` into a nested dict (values parsed as YAML)."""
+def parse_overrides(items: list[str] | None, source: str | None = None) -> dict[str, Any]:
+    """Turn ``["train.steps=200", "blocks=[1,2]"]`` into a nested dict (values parsed as YAML);
+    ``source`` names where the items come from in errors (default: the --set option)."""
     out: dict[str, Any] = {}
     for item in items or []:
-        if "=" not in item:
-            raise SemisegInputError(None, f"--set {item!r}: expected key=value, e.g. train.steps=200")
+        if not isinstance(item, str) or "=" not in item:
+            raise SemisegInputError(source, f"{'' if source else '--set '}{item!r}: expected key=value, e.g. train.steps=200")
         key, raw = item.split("=", 1)
         try:
             value = load_yaml(raw, f"--set {item}")
@@ -124,8 +141,10 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             value = raw
         node = out
         parts = key.strip().split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise SemisegInputError(source or "--set", f"{'.'.join(parts[: i + 1])!r} is set both as a value and as a mapping")
         node[parts[-1]] = value
     return out
 
@@ -135,6 +154,7 @@ def load_config(
     preset: str,
     user_file: str | PathLike | None = None,
     overrides: list[str] | None = None,
+    overrides_source: str = "--set",
 ) -> dict[str, Any]:
     """Resolve a configuration.
 
@@ -144,9 +164,12 @@ def load_config(
         user_file: a user's YAML: either settings (as ``semiseg config`` prints them) or a copy of
             a presets file holding ``preset``; layered over the shipped presets.
         overrides: ``key=value`` strings applied at the very end.
+        overrides_source: what to name as the overrides' source in errors (a study file's
+            ``settings`` rather than ``--set``).
 
     Returns:
-        the merged configuration dict.
+        the merged configuration dict. Unknown keys and values of the wrong kind (a number
+        setting given a word) are one-line errors naming their source.
     """
     cfg: dict[str, Any] = {}
     for name in files:
@@ -164,21 +187,100 @@ def load_config(
             layer = user[name] or {}
         else:
             layer = user
-        check_keys(layer, shipped, str(user_file))
-        cfg = merge(cfg, layer)
-    layer = parse_overrides(overrides)
-    check_keys(layer, shipped, "--set")
-    return merge(cfg, layer)
+        if not isinstance(layer, dict):
+            raise SemisegInputError(user_file, f"preset {preset!r} must be a mapping of settings")
+        cfg = merge(cfg, check_settings(layer, shipped, str(user_file)))
+    layer = parse_overrides(overrides, None if overrides_source == "--set" else overrides_source)
+    return merge(cfg, check_settings(layer, shipped, overrides_source))
 
 
-def check_keys(cfg: dict[str, Any], reference: dict[str, Any], source: str, prefix: str = "") -> None:
-    """Raise SemisegInputError for a key in ``cfg`` that ``reference`` lacks (a typo in a config)."""
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, (bool, int, float, str, dict)):
+        return type(value).__name__
+    if isinstance(value, list):
+        kinds = {_kind(v) for v in value}
+        if not kinds:
+            return "list[]"
+        if kinds <= {"int", "float"}:
+            return "list[float]" if "float" in kinds else "list[int]"
+        return "list[str]" if kinds == {"str"} else "list"
+    return type(value).__name__
+
+
+@functools.cache
+def shipped_kinds() -> dict[str, frozenset[str]]:
+    """Every setting of every shipped preset file (dotted path) -> the kinds of value it has there."""
+    kinds: dict[str, set[str]] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            kinds.setdefault(prefix + key, set()).add(_kind(value))
+            if isinstance(value, dict):
+                walk(value, prefix + key + ".")
+
+    for res in resources.files("semiseg.configs").iterdir():
+        if res.name.endswith(".yaml"):
+            for preset in _read_yaml(res.name, res.read_text()).values():
+                walk(preset or {}, "")
+    for key, extra in EXTRA_KINDS.items():
+        kinds.setdefault(key, set()).update(extra)
+    return {k: frozenset(v) for k, v in kinds.items()}
+
+
+def _accepts(kinds: frozenset[str], value: Any) -> tuple[bool, Any]:
+    """Whether a setting that has ``kinds`` in the presets may be ``value``; and the value to use
+    (a number typed as YAML text, like ``1e-3``, becomes a float)."""
+    kind = _kind(value)
+    if kind in kinds or WIDER.get(kind, set()) & kinds:
+        return True, value
+    if kind == "str" and "float" in kinds:
+        try:
+            number = float(value)
+        except ValueError:
+            return False, value
+        return math.isfinite(number), number
+    return False, value
+
+
+def check_settings(
+    cfg: dict[str, Any], reference: dict[str, Any], source: str | PathLike | None, prefix: str = "", complete: bool = False
+) -> dict[str, Any]:
+    """Check settings against the shipped presets: every key must be one ``reference`` has, and
+    every value of a kind the presets use for it (an integer setting cannot be "abc"); with
+    ``complete``, every key of ``reference`` must be present too. Returns ``cfg`` with numbers
+    given as text converted; raises a one-line SemisegInputError naming ``source`` and the key."""
+    out = dict(cfg)
     for key, value in cfg.items():
+        path = prefix + key
         if key not in reference:
             known = ", ".join(sorted(reference))
-            raise SemisegInputError(source, f"unknown setting {prefix + key!r}; known here: {known}")
-        if isinstance(value, dict) and isinstance(reference[key], dict) and reference[key]:
-            check_keys(value, reference[key], source, prefix + key + ".")
+            raise SemisegInputError(source, f"unknown setting {path!r}; known here: {known}")
+        ref = reference[key]
+        if isinstance(ref, dict):
+            if not isinstance(value, dict):
+                raise SemisegInputError(source, f"setting {path!r} must be a mapping of settings, got {value!r:.60}")
+            if ref:
+                out[key] = check_settings(value, ref, source, path + ".", complete)
+            continue
+        kinds = shipped_kinds().get(path, frozenset({_kind(ref)}))
+        if kinds == {"null"}:
+            continue  # nothing to check against
+        ok, out[key] = _accepts(kinds, value)
+        if not ok:
+            wanted = " or ".join(KIND_NAMES.get(k, k) for k in sorted(kinds))
+            raise SemisegInputError(source, f"setting {path!r} must be {wanted}, got {value!r:.60}")
+    if complete:
+        for key, ref in reference.items():
+            if key in cfg:
+                continue
+            if isinstance(ref, dict):
+                raise SemisegInputError(source, f"lacks the setting {prefix + key!r}")
+            # a setting added after the record was written: its shipped default is what the code
+            # did before the setting existed, so records of earlier versions keep loading
+            out[key] = copy.deepcopy(ref)
+    return out
 
 
 def preset_names(files: list[str]) -> list[str]:

@@ -72,7 +72,8 @@ def test_bank_matching_picks_nearest_class():
     for _ in range(4):  # at most an eighth of the bank per class per call: 1 here
         m.enqueue(torch.stack([a] * 4 + [b] * 4), torch.tensor([0] * 4 + [1] * 4))
     assert m.bank_filled.tolist() == [4, 4]
-    labels, sims = m.match(torch.nn.functional.normalize(torch.stack([a + 0.1 * b, b + 0.2 * a, b]), dim=1))
+    votes, sims = m.match(torch.nn.functional.normalize(torch.stack([a + 0.1 * b, b + 0.2 * a, b]), dim=1))
+    labels = votes["knn"]
     assert labels.tolist() == [0, 1, 1]
     assert sims[2] == pytest.approx(1.0) and sims[0] < 1.0
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from helpers import data_info
+from semiseg.config import load_config
 from semiseg.errors import SemisegInputError
 from semiseg.runs.record import CONFIG, RunRecord, read_run_record
 from semiseg.training.plan import DataPlan
@@ -13,7 +14,8 @@ from semiseg.training.plan import DataPlan
 
 def record() -> RunRecord:
     plan = DataPlan(2, ("a:3",), ("a", "b"), ("c",))
-    return RunRecord("supervised", "small", 1, "/cache", data_info(), plan, {"train": {"steps": 4}}, "0.1.0")
+    config = load_config(["segmentation", "supervised"], "small", overrides=["train.steps=4"])
+    return RunRecord("supervised", "small", 1, "/cache", data_info(), plan, config, "0.1.0")
 
 
 def test_record_round_trips(tmp_path: Path):
@@ -26,7 +28,10 @@ def test_record_round_trips(tmp_path: Path):
 @pytest.mark.parametrize("edit,message", [
     (lambda o: o.pop("plan"), "lacks 'plan'"),
     (lambda o: o.update(seed="one"), "'seed' must be a int"),
-    (lambda o: o["config"].pop("train"), "train.steps"),
+    (lambda o: o["config"].pop("network"), "lacks the setting 'network'"),
+    (lambda o: o["config"]["train"].update(steps="ten"), "'train.steps' must be an integer, got 'ten'"),
+    (lambda o: o["plan"].update(labelled=["a"]), "plan: labelled item 'a'"),
+    (lambda o: o.update(method="nope"), "unknown method 'nope'"),
     (lambda o: o["data"].pop("scheme"), "'data' is malformed"),
 ])
 def test_damaged_record_is_one_line_error(tmp_path: Path, edit, message):
@@ -41,3 +46,11 @@ def test_record_that_is_not_an_object(tmp_path: Path):
     (tmp_path / CONFIG).write_text("[1, 2]")
     with pytest.raises(SemisegInputError, match=r"must hold a JSON object \(found: array\)"):
         read_run_record(tmp_path)
+
+
+def test_record_of_an_earlier_version_gets_later_settings_defaults(tmp_path: Path):
+    """A run written before a setting existed (here train.fused) loads with its shipped default."""
+    obj = record().to_json()
+    del obj["config"]["train"]["fused"]
+    (tmp_path / CONFIG).write_text(json.dumps(obj))
+    assert read_run_record(tmp_path).config["train"]["fused"] is True

@@ -1,9 +1,11 @@
-"""A DDPM pretraining killed with SIGKILL midway, then resumed, ends where an uninterrupted run
-ends: same step, same weights, a continuous log. The killed run builds its batches in two
-DataLoader worker processes, the uninterrupted one in the training process: exact resume holds
-with workers, and workers change nothing; the wall time is summed over both parts."""
+"""A run killed with SIGKILL at any instant can be resumed (or started again) and ends where an
+uninterrupted run ends: same step, same weights, a continuous log; what the kill left behind is
+removed. In the first test the killed DDPM pretraining builds its batches in two DataLoader worker
+processes, the uninterrupted one in the training process: exact resume holds with workers, and
+workers change nothing; the wall time is summed over both parts."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY_DDPM
+from helpers import TINY, TINY_DDPM, TINY_NET
 from semiseg.training.checkpoint import latest_checkpoint, load_model_state
 from semiseg.training.log import TIMING_FILE, read_log, read_timing, total_seconds
 
@@ -66,3 +68,94 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_cache: Path, tmp_pat
     assert a.keys() == b.keys()
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), f"{k} differs after resume"
+
+
+# ---- a run killed at chosen instants -------------------------------------------------------------
+#: runs `semiseg ARGS` and SIGKILLs itself when it is about to rename its NTH temporary into NAME
+#: (the file or folder name), exactly as a kill -9 at that instant would leave the run
+KILL_AT_RENAME = """
+import os, signal, sys
+name, nth = sys.argv[1], int(sys.argv[2])
+real, seen = os.replace, [0]
+def replace(src, dst, *args, **kwargs):
+    if os.path.basename(os.fspath(dst)) == name:
+        seen[0] += 1
+        if seen[0] == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst, *args, **kwargs)
+os.replace = replace
+sys.argv = ["semiseg"] + sys.argv[3:]
+from semiseg.cli import main
+main()
+"""
+
+TINY_RUN = ["-M", "supervised", "--labelled", "3", "-p", "small"] + [a for s in TINY + TINY_NET + ["dims=2"] for a in ("--set", s)]
+
+
+def killed_train(cache: Path, out: Path, name: str, nth: int = 1) -> None:
+    """Start `semiseg train` (tiny_run's settings) and kill it at the nth rename into ``name``."""
+    cmd = [sys.executable, "-c", KILL_AT_RENAME, name, str(nth), "train", str(cache), "--out", str(out), *TINY_RUN]
+    # as many threads as this process, which resumes the run: Adam's first steps turn the rounding
+    # differences of another thread count into weight differences of the order of the lr
+    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.run(cmd, env={**env(), **threads}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """The latest weights of two runs agree (to float rounding: the killed half of a run trains in
+    a child process, the rest in this process)."""
+    sa, sb = load_model_state(latest_checkpoint(a)), load_model_state(latest_checkpoint(b))
+    return sa.keys() == sb.keys() and all(torch.allclose(sa[k], sb[k], atol=1e-6) for k in sa)
+
+
+def test_killed_while_config_json_is_renamed_into_place(tiny_cache: Path, tiny_run: Path, tmp_path: Path):
+    """The first file of a run, caught mid-rename: both --resume and a fresh start work, and end
+    where an uninterrupted run does."""
+    from cli_battery import invoke
+
+    run = tmp_path / "run"
+    killed_train(tiny_cache, run, "config.json")
+    left = sorted(p.name for p in run.iterdir() if p.name != ".lock")
+    assert len(left) == 1 and left[0].startswith(".config.") and ".tmp" in left[0], left
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    for folder, extra in ((run, ["--resume"]), (again, [])):
+        outcome = invoke("train", tiny_cache, "--out", folder, *TINY_RUN, *extra)
+        assert outcome.code == 0, outcome.error or outcome.stderr
+        assert not [p for p in folder.iterdir() if ".tmp" in p.name]
+        assert latest_checkpoint(folder).name == "step-00000004" and same_weights(folder, tiny_run)
+
+
+@pytest.mark.parametrize("name,nth", [("latest.json", 2), ("step-00000004", 1)])
+def test_killed_mid_checkpoint_resumes_exactly_and_cleans_up(name: str, nth: int, tiny_cache: Path, tiny_run: Path, tmp_path: Path):
+    """Killed while the second checkpoint is put in place (its folder, or the pointer to it): the
+    resumed run removes the temporaries and the unused checkpoint and ends where an uninterrupted
+    run ends, with a continuous log."""
+    from cli_battery import invoke
+
+    run = tmp_path / "run"
+    killed_train(tiny_cache, run, name, nth)
+    leftovers = [p for p in [*run.iterdir(), *(run / "checkpoints").iterdir()] if p.name.startswith(".") and p.name != ".lock"]
+    assert leftovers, "the kill left no temporaries"
+    assert latest_checkpoint(run).name == "step-00000002"
+    outcome = invoke("train", tiny_cache, "--out", run, *TINY_RUN, "--resume")
+    assert outcome.code == 0, outcome.error or outcome.stderr
+    assert not any(p.exists() for p in leftovers)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000004"]
+    assert same_weights(run, tiny_run)
+    assert [int(r["step"]) for r in read_log(run / "train_log.csv")] == [2, 4]
+
+
+def test_deleted_latest_json_recovers_from_the_checkpoint(tiny_cache: Path, tiny_run: Path, tmp_path: Path):
+    """Without latest.json the newest complete checkpoint is the run's: it predicts and resumes."""
+    from cli_battery import invoke
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "latest.json").unlink()
+    assert latest_checkpoint(run).name == "step-00000004"
+    outcome = invoke("predict", run, tiny_cache.parent / "data" / "case00", "--out", tmp_path / "p")
+    assert outcome.code == 0 and (tmp_path / "p" / "case00.nii.gz").exists(), outcome.error or outcome.stderr
+    outcome = invoke("train", tiny_cache, "--out", run, *TINY_RUN, "--resume")
+    assert outcome.code == 0 and same_weights(run, tiny_run), outcome.error or outcome.stderr

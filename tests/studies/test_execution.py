@@ -86,17 +86,18 @@ def test_two_sweeps_at_once_never_train_the_same_run(sequential: Path, study_dat
 def test_keep_going_list_shard_and_report_only(study_data: Path, tmp_path: Path):
     from filelock import FileLock
 
-    # job order: supervised s0, mean-teacher s0, supervised s1, mean-teacher s1; mean-teacher raises (negative lr)
+    # job order: supervised s0, mean-teacher s0, supervised s1, mean-teacher s1; mean-teacher raises (a dropout site the U-Net does not have)
     bad = {"all": ["train.steps=4", "train.batch_size=2", "train.log_every=2", "train.checkpoint_every=2", "network.features=[8,8,16,16,16,8]"],
-           "mean-teacher": ["train.lr=-1"]}
+           "mean-teacher": ["network.dropout_at=[nowhere]"]}
     study = small_study(tmp_path, study_data, "kg", methods=("supervised", "mean-teacher"), settings=bad, extras=False)
     out = tmp_path / "kg"
 
     code, stdout, err = finish(sweep(study, "--keep-going", "--shard", "2/2"))  # the two mean-teacher runs: both fail
     assert code == 3, err[-3000:]
-    assert "failed: mean-teacher n=2 seed=0: ValueError: Invalid learning rate" in err and "2 runs are not finished" in stdout
+    assert "failed: mean-teacher n=2 seed=0: the settings do not build a mean-teacher model (ValueError: network.dropout_at" in err
+    assert "2 runs are not finished" in stdout
     record = json.loads((out / "failures" / "mean-teacher-n2-s0.json").read_text())
-    assert record["error"].startswith("ValueError: Invalid learning rate") and "Traceback" in record["traceback"]
+    assert "network.dropout_at: unknown site" in record["error"] and "Traceback" in record["traceback"], record
     assert not (out / "report.html").exists()  # the supervised runs are still to do
 
     with FileLock(out / "locks" / "supervised-n2-s0.lock"):  # as if another process were training it
@@ -104,7 +105,7 @@ def test_keep_going_list_shard_and_report_only(study_data: Path, tmp_path: Path)
     assert code == 0, err
     rows = [line for line in listing.splitlines() if "supervised" in line or "mean-teacher" in line]
     assert sum("running" in r for r in rows) == 1 and sum("to do" in r for r in rows) == 1
-    assert sum("failed" in r and "Invalid learning rate" in r for r in rows) == 2
+    assert sum("failed" in r and "unknown site" in r for r in rows) == 2
     assert "done: 0, running: 1, failed: 2, to do: 1" in listing
 
     code, _, err = finish(sweep(study, "--report-only"))  # nothing finished yet: one line, exit 2
@@ -113,7 +114,7 @@ def test_keep_going_list_shard_and_report_only(study_data: Path, tmp_path: Path)
     code, stdout, err = finish(sweep(study, "--shard", "1/2"))  # the supervised runs; then the study is complete
     assert code == 3, err[-3000:]  # it has failed runs
     html = (out / "report.html").read_text()
-    assert "Runs not in these results (2)" in html and "Invalid learning rate" in html and "report:" in stdout
+    assert "Runs not in these results (2)" in html and "unknown site" in html and "report:" in stdout
     results = (out / "results.csv").read_text().splitlines()[1:]
     assert results and {r.split(",")[0] for r in results} == {"supervised"}
 

@@ -47,8 +47,10 @@ def test_export_space_predictions_and_their_errors(tiny_cache: Path, tmp_path: P
         write_nifti(folder / f"{cid}.nii.gz", np.moveaxis(np.asarray(cache.slice_labels(cid)), 0, -1), np.eye(4))
     maps = class_maps(method, cache, 2, 0, test, 2)
     assert all(np.array_equal(maps[c], cache_labels(cache, c, 2)) for c in test)
+    grid = np.moveaxis(np.asarray(cache.slice_labels(test[0])), 0, -1)
+    write_nifti(folder / f"{test[0]}.nii.gz", np.concatenate([grid, grid[..., :1]], axis=-1), np.eye(4))  # one slice too many
     with pytest.raises(SemisegInputError, match=r"shape .* is not the exported grid's .*; is its space 'original'\?"):
-        class_maps(method, cache, 2, 0, test, 3)
+        class_maps(method, cache, 2, 0, test, 2)
     (folder / f"{test[-1]}.nii.gz").unlink()
     with pytest.raises(SemisegInputError, match=f"no prediction for test case '{test[-1]}'"):
         class_maps(method, cache, 2, 0, test, 2)
@@ -66,7 +68,7 @@ def test_study_external_entries(tmp_path: Path, tiny_cache: Path):
         ("external:\n  supervised: x\n", "external method 'supervised' has the name of one of the study's methods"),
         ("external:\n  t: {predictions: x, space: raw}\n", "space must be export or original"),
         ("external:\n  t: p/{fold}\n", "may use {budget} and {seed} only"),
-        ("external: [x]\n", "external must map method names"),
+        ("external: [x]\n", "study setting 'external' must be a mapping or null"),
     ):
         path.write_text(base + bad)
         with pytest.raises(SemisegInputError, match=message.replace("{", r"\{").replace("}", r"\}")):

@@ -56,7 +56,7 @@ def finished(tiny_cache: Path, tmp_path_factory) -> Path:
     proc = sweep(study_file(tmp, tiny_cache, "straight", ["supervised", "mean-teacher", "ddpm-finetune"]))
     out, err = proc.communicate(timeout=900)
     assert proc.returncode == 0, err[-3000:]
-    assert "report:" in out
+    assert out.strip().splitlines()[-1] == f"report: {tmp / 'straight' / 'report.html'}"
     return tmp / "straight"
 
 

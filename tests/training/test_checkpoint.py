@@ -60,3 +60,34 @@ def test_no_pickle_in_checkpoint(tmp_path: Path):
     folder = save_checkpoint(tmp_path, 1, Tiny())
     for f in folder.iterdir():
         assert not f.read_bytes().startswith(b"\x80"), f"{f.name} looks like a pickle"
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_resumed_adam_matches_uninterrupted_with_channels_last_weights(tmp_path: Path, fused: bool):
+    """Adam's moments come back from safetensors contiguous; for channels-last weights the fused
+    kernel would then pair the wrong elements (seen as a DDPM that resumed differently)."""
+
+    def build() -> tuple[nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        net = nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+        return net, torch.optim.AdamW(net.parameters(), lr=0.1, fused=fused)
+
+    def step(net: nn.Module, opt: torch.optim.Optimizer, i: int) -> None:
+        x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(i))
+        opt.zero_grad()
+        (net(x) * torch.arange(64.0).reshape(4, 4, 4)).sum().backward()
+        opt.step()
+
+    net, opt = build()
+    for i in range(6):
+        step(net, opt, i)
+    resumed, opt2 = build()
+    for i in range(3):
+        step(resumed, opt2, i)
+    folder = save_checkpoint(tmp_path, 3, resumed, opt2)
+    resumed, opt2 = build()
+    resumed.load_state_dict(load_model_state(folder))
+    load_training_state(folder, opt2, None)
+    for i in range(3, 6):
+        step(resumed, opt2, i)
+    assert torch.equal(net.weight, resumed.weight)

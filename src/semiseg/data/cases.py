@@ -23,7 +23,7 @@ from pathlib import Path
 from semiseg.data.io import IMAGE_ENDINGS, strip_ending
 from semiseg.data.labels import BRATS2021, BRATS2023, LabelScheme, scheme_from_dataset_json
 from semiseg.errors import SemisegInputError
-from semiseg.files import read_json
+from semiseg.files import os_problem, read_json
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 #: BraTS 2023 file suffix -> the 2021 name semiseg uses
@@ -81,12 +81,20 @@ def canonical_modality(name: str) -> str:
     return MODALITY_ALIASES.get(key, name.strip().lower())
 
 
+def _list(folder: Path) -> list[Path]:
+    """The entries of a folder; one that cannot be listed (permission denied) is a one-line error."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise SemisegInputError(folder, f"cannot be listed: {os_problem(exc)}") from None
+
+
 def _brats_files(folder: Path) -> tuple[str, dict[str, Path], Path | None] | None:
     """Recognise a BraTS case folder; return (format, modality files, seg file) or None."""
     prefix = folder.name
     found: dict[str, dict[str, Path]] = {"brats2021": {}, "brats2023": {}}
     seg: dict[str, Path] = {}
-    for f in folder.iterdir():
+    for f in _list(folder):
         stem = strip_ending(f.name)
         if stem is None:
             continue
@@ -141,7 +149,7 @@ def _select(
 
 def _discover_brats(root: Path, modalities: list[str] | None) -> Dataset | None:
     single = _brats_files(root) if root.is_dir() else None
-    folders = [root] if single else sorted(p for p in root.iterdir() if p.is_dir())
+    folders = [root] if single else [p for p in _list(root) if p.is_dir()]
     cases: list[tuple[str, dict[str, Path], Path | None]] = []
     fmts = set()
     for folder in folders:
@@ -201,7 +209,7 @@ def _discover_nnunet(root: Path, modalities: list[str] | None) -> Dataset:
         if not folder.is_dir():
             continue
         per_case: dict[str, dict[str, Path]] = {}
-        for f in sorted(folder.iterdir()):
+        for f in _list(folder):
             m = pattern.match(f.name)
             if not m:
                 continue

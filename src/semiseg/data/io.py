@@ -12,6 +12,7 @@ format its name asks for, with the geometry of a reference image copied exactly.
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from dataclasses import dataclass
 from os import PathLike
@@ -21,7 +22,7 @@ import nibabel as nib
 import numpy as np
 
 from semiseg.errors import SemisegInputError
-from semiseg.files import atomic_path
+from semiseg.files import atomic_path, os_problem
 
 #: affines of co-registered images may differ by float noise; anything larger is a real mismatch
 AFFINE_TOLERANCE = 1e-3
@@ -68,6 +69,8 @@ def _check_file(path: Path) -> str:
         raise SemisegInputError(path, "file not found")
     if not path.is_file():
         raise SemisegInputError(path, "is not a file")
+    if not os.access(path, os.R_OK):  # nibabel reports a refused open as a format error
+        raise SemisegInputError(path, "cannot be read: permission denied")
     ending = image_ending(path.name)
     if ending is None:
         raise SemisegInputError(path, f"is not an image semiseg reads ({', '.join(IMAGE_ENDINGS)})")
@@ -78,6 +81,10 @@ def _open(path: Path) -> nib.Nifti1Image:
     _check_file(path)
     try:
         img = nib.load(str(path))
+    except OSError as exc:
+        if exc.errno is not None:  # the OS refused (permission denied, I/O error), not the format
+            raise SemisegInputError(path, f"cannot be read: {os_problem(exc)}") from None
+        raise SemisegInputError(path, f"cannot be read as NIfTI ({type(exc).__name__}: {exc})") from None
     except Exception as exc:  # nibabel raises many types for foreign or truncated files
         raise SemisegInputError(path, f"cannot be read as NIfTI ({type(exc).__name__}: {exc})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -155,7 +162,11 @@ def _load_voxels(path: Path, dtype: type) -> np.ndarray:
     else:
         try:
             data = np.asanyarray(_open(path).dataobj)
-        except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
+        except OSError as exc:
+            if exc.errno is not None:  # the OS refused (permission denied, I/O error), not the format
+                raise SemisegInputError(path, f"cannot be read: {os_problem(exc)}") from None
+            raise SemisegInputError(path, f"is truncated or corrupt ({type(exc).__name__}: {exc})") from None
+        except (EOFError, zlib.error, gzip.BadGzipFile, ValueError) as exc:
             raise SemisegInputError(path, f"is truncated or corrupt ({type(exc).__name__}: {exc})") from None
     if np.iscomplexobj(data):
         raise SemisegInputError(path, "has complex voxels; expected real values")

@@ -60,7 +60,7 @@ from scipy import ndimage as ndi
 
 from semiseg.data.io import write_nifti
 from semiseg.errors import SemisegInputError
-from semiseg.files import atomic_dir
+from semiseg.files import atomic_dir, check_output
 
 DEFAULT_SHAPE: tuple[int, int, int] = (128, 128, 96)
 DEFAULT_SPACING: tuple[float, float, float] = (1.5, 1.5, 1.5)
@@ -784,8 +784,7 @@ def write_phantom_dataset(
     if seed < 0:
         raise SemisegInputError(None, f"the seed must be a non-negative integer, got {seed}")
     shape, spacing = _check_geometry(shape, spacing)
-    if out.exists() and not out.is_dir():
-        raise SemisegInputError(out, "already exists and is not a folder")
+    check_output(out, "folder")
     if out.is_dir() and any(out.iterdir()):
         raise SemisegInputError(out, "already exists and is not empty")
     ids = [f"Phantom_{i:05d}" for i in range(cases)]

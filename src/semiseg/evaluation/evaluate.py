@@ -30,7 +30,7 @@ from semiseg.data.io import check_same_geometry, is_prediction, read_label, stri
 from semiseg.data.labels import BINARY, BRATS2021, BRATS2023, LabelScheme, scheme_from_dataset_json
 from semiseg.errors import SemisegInputError
 from semiseg.evaluation.metrics import EMPTY_POLICY, METRICS, region_metrics, summarise
-from semiseg.files import write_json, write_text
+from semiseg.files import atomic_path, check_output, os_problem, read_json, removed_on_failure
 
 PER_CASE_CSV = "evaluation_per_case.csv"
 SUMMARY_JSON = "evaluation_summary.json"
@@ -61,7 +61,11 @@ class EvaluationResult:
 def _image_files(folder: Path, ignore_suffixes: tuple[str, ...] = ()) -> dict[str, Path]:
     """Map case id -> image file for the files directly in ``folder``."""
     found: dict[str, Path] = {}
-    for f in sorted(folder.iterdir()):
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        raise SemisegInputError(folder, f"cannot be listed: {os_problem(exc)}") from None
+    for f in entries:
         # hidden files include half-written temporaries of atomic writes
         if f.name.startswith(".") or not f.is_file():
             continue
@@ -94,11 +98,8 @@ def _find_predictions(pred_dir: Path) -> dict[str, Path]:
 
 def _scheme_from_json_file(path: Path) -> LabelScheme:
     """Read the label scheme from an nnU-Net ``dataset.json``."""
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SemisegInputError(path, f"is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("labels"), dict):
+    meta = read_json(path, "dataset description")
+    if not isinstance(meta.get("labels"), dict):
         raise SemisegInputError(path, "has no 'labels' entry")
     return scheme_from_dataset_json(meta["labels"], str(path))
 
@@ -200,8 +201,7 @@ def evaluate_folders(
     out = Path(out_dir) if out_dir is not None else pred_dir
     preds = _find_predictions(pred_dir)
     gt_files, gt_scheme = _find_ground_truth(gt)
-    if out.exists() and not out.is_dir():
-        raise SemisegInputError(out, "output folder is a file")
+    check_output(out, "folder")
 
     for case_id, path in preds.items():
         if case_id not in gt_files:
@@ -250,8 +250,10 @@ def evaluate_folders(
 
     csv_path = out / PER_CASE_CSV
     json_path = out / SUMMARY_JSON
-    write_text(csv_path, _csv_text(rows))
-    write_json(json_path, _json_safe(summary))
+    # both files are complete before either replaces an older one
+    with removed_on_failure(out), atomic_path(csv_path) as csv_tmp, atomic_path(json_path) as json_tmp:
+        csv_tmp.write_text(_csv_text(rows))
+        json_tmp.write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
     return EvaluationResult(rows=rows, summary=summary, per_case_csv=csv_path, summary_json=json_path)
 
 

@@ -10,8 +10,6 @@ prediction has exactly the input's shape, affine and label values, in the input'
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
@@ -25,6 +23,7 @@ from semiseg.data.io import IMAGE_ENDINGS, image_ending, strip_ending, write_lik
 from semiseg.data.labels import LabelScheme
 from semiseg.data.loading import check_case_headers
 from semiseg.errors import SemisegInputError
+from semiseg.files import check_output, removed_on_failure, staging_dir
 from semiseg.methods.base import Method
 from semiseg.preprocess.geometry import resize_stack, unsquare_slices
 from semiseg.preprocess.pipeline import PreparedCase, case_slices, prepare_case
@@ -150,6 +149,8 @@ def predict(
     All inputs are checked before anything is written, and outputs are written to a temporary
     folder first, so a failure leaves ``out_dir`` as it was. Returns the segmentation paths.
     """
+    out_dir = Path(out_dir)
+    check_output(out_dir, "folder")
     method, record = load_trained(run_dir, pick_device(0, device))
     if not method.segments:
         raise SemisegInputError(run_dir, "is a DDPM pretraining run, not a segmentation run; train one with --ddpm")
@@ -174,12 +175,9 @@ def predict(
     background = np.zeros(model_scheme.num_classes, dtype=np.float32)
     background[0] = 1.0
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".semiseg-predict-", dir=out_dir))
     written: list[tuple[Path, Path]] = []
     segmentations: list[Path] = []
-    try:
+    with removed_on_failure(out_dir), staging_dir(out_dir) as tmp:
         with progress_bar() as bar:
             task = bar.add_task("predict", total=len(cases), info="", unit="case", every=1)
             for case in cases:
@@ -206,6 +204,4 @@ def predict(
                 bar.advance(task)
         for src, dst in written:
             src.replace(dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return segmentations

@@ -2,21 +2,27 @@
 
 A teacher, trained on the labelled data, looks at unlabelled images with Monte Carlo dropout:
 
-* voxels whose predictive uncertainty (entropy of the mean softmax over T passes, divided by
-  ln C) is under the threshold are *reliable*: the teacher's label is their pseudo-label;
+* voxels whose teacher is confident (by default: the mean softmax over T dropout passes has a
+  maximum probability of at least the threshold; the alternative, predictive entropy, is measured
+  in units of ln 2 so the threshold means the same whatever the number of classes) are
+  *reliable*: the teacher's label is their pseudo-label;
 * the other voxels are labelled by *embedding matching*: their L2-normalised decoder embedding
   (the teacher's last feature map before the head) is compared by cosine similarity with a
-  bounded, class-balanced bank of reference embeddings from labelled voxels; the similarity-
-  weighted vote of the k nearest references gives the label, and the mean similarity can weight
-  the voxel's loss.
+  bounded, class-balanced bank of reference embeddings from labelled voxels; the k nearest
+  references vote (``matching.vote``: similarity-weighted ``knn``, ``prior``-corrected by the
+  labelled class frequencies, or ``fused`` with the teacher's own probabilities), and the mean
+  similarity can weight the voxel's loss.
 
 The student learns from the labelled loss, the pseudo-label loss and an entropy-minimisation term
-on its unlabelled predictions. The paper publishes no code; every choice it leaves open is a
-setting in ``embedmatch.yaml`` with our default. The reference bank is a FIFO queue per class
-filled from each labelled batch, and matching runs in chunks, so memory is fixed whatever the
-image size. Diagnostics (share of reliable and matched voxels, and, where the "unlabelled" data
-has ground truth, each kind of pseudo-label's accuracy) go to ``diagnostics.csv`` once per pass
-over the unlabelled data and into the training log and progress bar.
+on its unlabelled predictions; with a strong view configured (``unlabelled.strong``) the teacher
+labels the weak view and the student learns on the strong one (FixMatch). The paper publishes no
+code; every choice it leaves open is a setting in ``embedmatch.yaml`` with our default. The
+reference bank is a FIFO queue per class filled from each labelled batch (optionally favouring
+voxels on class boundaries), and matching runs in chunks, so memory is fixed whatever the image
+size. Diagnostics (share of reliable and matched voxels and, where the "unlabelled" data has
+ground truth, each kind of pseudo-label's accuracy, including the teacher's own accuracy on the
+matched voxels and the pure nearest-neighbour vote's) go to ``diagnostics.csv`` once per pass over
+the unlabelled data and into the training log.
 """
 
 from __future__ import annotations
@@ -30,13 +36,17 @@ import torch.nn.functional as F
 from semiseg.methods.base import make_ema, register
 from semiseg.methods.mean_teacher import noisy
 from semiseg.methods.segmentation import SegmentationMethod
-from semiseg.models.unet import SegUNet, enable_mc_dropout
+from semiseg.models.unet import build_unet
 from semiseg.preprocess.cache import DataInfo
 from semiseg.training.log import CsvLog
 from semiseg.training.losses import IGNORE, entropy, sigmoid_rampup
 
 DIAGNOSTICS_FILE = "diagnostics.csv"
-DIAGNOSTIC_KEYS = ("reliable", "matched", "acc_reliable", "acc_matched", "acc_teacher")
+VOTES = ("knn", "prior", "fused")
+DIAGNOSTIC_KEYS = ("reliable", "matched", "acc_reliable", "acc_matched", "acc_teacher_on_matched", "acc_teacher", "fg_matched", "dice_teacher") + tuple(
+    f"acc_{v}_on_matched" for v in VOTES
+)
+MEASURES = ("confidence", "quantile", "entropy")
 
 
 def flat_voxels(t: torch.Tensor) -> torch.Tensor:
@@ -52,18 +62,24 @@ class EmbedMatch(SegmentationMethod):
 
     def __init__(self, config: dict[str, Any], data: DataInfo) -> None:
         super().__init__(config, data)
-        net = config["network"]
-        self.net = SegUNet(self.dims, self.channels, self.num_classes, net["features"], net["dropout"])
+        self.net = build_unet(config, self.dims, self.channels, self.num_classes)
         self.teacher = make_ema(self.net, float(config["teacher"]["ema_decay"]))
-        if config["teacher"]["policy"] not in ("fixed", "rounds", "ema"):
-            from semiseg.errors import SemisegInputError
+        from semiseg.errors import SemisegInputError
 
-            raise SemisegInputError(None, f"teacher.policy must be fixed, rounds or ema, got {config['teacher']['policy']!r}")
+        for key, value, allowed in (
+            ("teacher.policy", config["teacher"]["policy"], ("fixed", "rounds", "ema")),
+            ("uncertainty.measure", config["uncertainty"]["measure"], MEASURES),
+            ("matching.vote", config["matching"].get("vote", "knn"), VOTES),
+        ):
+            if value not in allowed:
+                raise SemisegInputError(None, f"{key} must be one of {', '.join(allowed)}, got {value!r}")
         k = int(config["matching"]["bank_per_class"])
         d = self.net.embedding_channels
         self.register_buffer("bank", torch.zeros(self.num_classes, k, d))
         self.register_buffer("bank_filled", torch.zeros(self.num_classes, dtype=torch.long))
         self.register_buffer("bank_next", torch.zeros(self.num_classes, dtype=torch.long))
+        # labelled voxels seen per class (the prior of matching.vote=prior)
+        self.register_buffer("class_counts", torch.zeros(self.num_classes, dtype=torch.float64))
         self._epoch_sums: dict[str, list[float]] = {}
         self._diagnostics: CsvLog | None = None
 
@@ -88,31 +104,54 @@ class EmbedMatch(SegmentationMethod):
 
     # ---- reference bank --------------------------------------------------------------------
     @torch.no_grad()
-    def enqueue(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+    def enqueue(self, embeddings: torch.Tensor, labels: torch.Tensor, boundary: torch.Tensor | None = None) -> None:
         """Add labelled voxels' embeddings (N, D) with class labels (N,) to the per-class FIFO bank,
-        at most an eighth of a class's capacity per call so the bank mixes many images."""
+        at most an eighth of a class's capacity per call so the bank mixes many images. With a
+        ``boundary`` mask (N,) a ``matching.boundary_fraction`` of each class's picks come from
+        voxels on a class boundary, where the unreliable voxels are."""
         k = self.bank.shape[1]
         per_call = max(k // 8, 1)
+        frac = float(self.config["matching"].get("boundary_fraction", 0.0) or 0.0)
+        self.class_counts += torch.bincount(labels[labels != IGNORE], minlength=self.num_classes)[: self.num_classes].double()
         for c in range(self.num_classes):
-            idx = torch.nonzero(labels == c).squeeze(1)
+            is_c = labels == c
+            idx = torch.nonzero(is_c).squeeze(1)
             if idx.numel() == 0:
                 continue
             idx = idx[torch.randperm(idx.numel(), device=idx.device)[:per_call]]
+            if boundary is not None and frac > 0:
+                edge = torch.nonzero(is_c & boundary).squeeze(1)
+                edge = edge[torch.randperm(edge.numel(), device=edge.device)[: int(round(frac * per_call))]]
+                idx = torch.cat([edge, idx[: max(per_call - edge.numel(), 0)]])
             pos = (self.bank_next[c] + torch.arange(idx.numel(), device=idx.device)) % k
             self.bank[c, pos] = embeddings[idx]
             self.bank_next[c] = (self.bank_next[c] + idx.numel()) % k
             self.bank_filled[c] = torch.clamp(self.bank_filled[c] + idx.numel(), max=k)
 
+    def boundary_mask(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, *S) labels -> (B, *S) True where the 3x3(x3) neighbourhood holds another class."""
+        onehot = F.one_hot(labels.clamp(max=self.num_classes - 1), self.num_classes).movedim(-1, 1).float()
+        pool = F.max_pool3d if labels.dim() == 4 else F.max_pool2d
+        present = pool(onehot, 3, stride=1, padding=1).sum(1)
+        return present > 1
+
     @torch.no_grad()
-    def match(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Label unit-norm embeddings (N, D) by their k nearest references (cosine similarity,
-        similarity-weighted vote); returns labels (N,) and mean top-k similarity (N,)."""
+    def match(self, queries: torch.Tensor, teacher_probs: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Label unit-norm embeddings (N, D) by their k nearest references (cosine similarity).
+
+        The similarity-weighted vote of the k nearest references, normalised per class by the
+        references the bank holds, is a class distribution. Returns the label (N,) of every vote
+        in :data:`VOTES` (``knn``: that distribution's argmax; ``prior``: times the labelled voxels'
+        class frequencies; ``fused``: times ``teacher_probs`` (N, C), the teacher's own mean
+        probabilities, when given) and the mean top-k similarity (N,)."""
         c, k_bank, d = self.bank.shape
         valid = (torch.arange(k_bank, device=queries.device)[None, :] < self.bank_filled[:, None]).reshape(-1)
         refs = self.bank.reshape(-1, d)[valid]
         ref_labels = torch.arange(c, device=queries.device).repeat_interleave(k_bank)[valid]
         k = min(int(self.config["matching"]["k"]), refs.shape[0])
-        labels = torch.empty(queries.shape[0], dtype=torch.long, device=queries.device)
+        share = self.bank_filled.float().clamp_min(1) / self.bank_filled.sum().clamp_min(1)
+        prior = (self.class_counts / self.class_counts.sum().clamp_min(1)).float()
+        labels = {v: torch.empty(queries.shape[0], dtype=torch.long, device=queries.device) for v in VOTES}
         sims = torch.empty(queries.shape[0], device=queries.device)
         chunk = int(self.config["matching"]["chunk"])
         for s in range(0, queries.shape[0], chunk):
@@ -120,7 +159,12 @@ class EmbedMatch(SegmentationMethod):
             top, idx = sim.topk(k, dim=1)
             votes = torch.zeros(top.shape[0], c, device=queries.device)
             votes.scatter_add_(1, ref_labels[idx], top.clamp_min(0))
-            labels[s : s + chunk] = votes.argmax(1)
+            dist = votes / share  # as if every class filled the bank equally
+            dist = dist / dist.sum(1, keepdim=True).clamp_min(1e-12)
+            labels["knn"][s : s + chunk] = dist.argmax(1)
+            labels["prior"][s : s + chunk] = (dist * prior).argmax(1)
+            fused = (dist + 1e-3) * teacher_probs[s : s + chunk] if teacher_probs is not None else dist
+            labels["fused"][s : s + chunk] = fused.argmax(1)
             sims[s : s + chunk] = top.mean(1)
         return labels, sims
 
@@ -130,32 +174,51 @@ class EmbedMatch(SegmentationMethod):
         """Pseudo-labels (B, *S) and per-voxel loss weights (B, *S) for unlabelled images ``u``."""
         teacher = self.teacher.module
         cfg_u, cfg_m = self.config["uncertainty"], self.config["matching"]
-        enable_mc_dropout(teacher)
-        mean = torch.stack([torch.softmax(teacher(u).float(), 1) for _ in range(int(cfg_u["passes"]))]).mean(0)
         teacher.eval()
-        uncertainty = entropy(mean)
+        mean, emb = teacher.mc_predict(u, int(cfg_u["passes"]))
         teacher_label = mean.argmax(1)
-        reliable = uncertainty < float(cfg_u["threshold"])
+        confidence = mean.max(1).values
+        if cfg_u["measure"] == "confidence":  # max probability: its meaning does not depend on the class count
+            reliable = confidence >= float(cfg_u["threshold"])
+        elif cfg_u["measure"] == "quantile":  # the `threshold` most confident share of the batch's voxels
+            cut = torch.quantile(confidence.reshape(-1)[:: max(confidence.numel() // 100_000, 1)], 1.0 - float(cfg_u["threshold"]))
+            reliable = confidence >= cut
+        else:  # predictive entropy in units of ln 2 (1 = a 50/50 voxel, whatever the class count)
+            reliable = entropy(mean, normalise=False) / math.log(2) < float(cfg_u["threshold"])
         pseudo = torch.where(reliable, teacher_label, torch.full_like(teacher_label, IGNORE))
         weights = reliable.float()
         matched = torch.zeros_like(reliable)
-        if (~reliable).any() and int(self.bank_filled.sum()) > 0:
-            _, emb = teacher.forward_features(u)
+        by_vote = {v: torch.full_like(teacher_label, IGNORE) for v in VOTES}
+        if cfg_m.get("enabled", True) and (~reliable).any() and int(self.bank_filled.sum()) > 0:
             emb = F.normalize(emb.float(), dim=1)
-            queries = flat_voxels(emb)[(~reliable).reshape(-1)]
-            labels, sims = self.match(queries)
-            flat_pseudo, flat_w, flat_m = pseudo.reshape(-1), weights.reshape(-1), matched.reshape(-1)
             where = torch.nonzero(~reliable.reshape(-1)).squeeze(1)
-            flat_pseudo[where] = labels
+            cap = int(cfg_m.get("max_queries") or 0)
+            if cap and where.numel() > cap:  # bounded cost: a random subset is matched, the rest is left out
+                where = where[torch.randperm(where.numel(), device=where.device)[:cap]]
+            labels, sims = self.match(flat_voxels(emb)[where], flat_voxels(mean)[where])
+            for v in VOTES:
+                by_vote[v].reshape(-1)[where] = labels[v]
+            flat_pseudo, flat_w, flat_m = pseudo.reshape(-1), weights.reshape(-1), matched.reshape(-1)
+            flat_pseudo[where] = labels[cfg_m.get("vote", "knn")]
             flat_w[where] = sims.clamp(0, 1) if cfg_m["weight_by_similarity"] else 1.0
             flat_m[where] = True
         diag = {"reliable": float(reliable.float().mean()), "matched": float(matched.float().mean())}
         if gt is not None:
             known = gt != IGNORE
-            kinds = (("acc_reliable", reliable, teacher_label), ("acc_matched", matched, pseudo), ("acc_teacher", torch.ones_like(reliable), teacher_label))
+            kinds = [
+                ("acc_reliable", reliable, teacher_label),
+                ("acc_matched", matched, pseudo),
+                ("acc_teacher_on_matched", matched, teacher_label),
+                ("acc_teacher", torch.ones_like(reliable), teacher_label),
+            ] + [(f"acc_{v}_on_matched", matched, by_vote[v]) for v in VOTES]
             for key, mask, lab in kinds:
                 sel = mask & known
                 diag[key] = float((lab[sel] == gt[sel]).float().mean()) if sel.any() else math.nan
+            # foreground share of the matched voxels (ground truth), to read the accuracies against
+            sel = matched & known
+            diag["fg_matched"] = float((gt[sel] > 0).float().mean()) if sel.any() else math.nan
+            # the teacher's mean foreground Dice on the unlabelled batch: accuracy is dominated by background
+            diag["dice_teacher"] = self.foreground_dice(teacher_label, gt)
         return pseudo, weights, diag
 
     def forward(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -166,10 +229,14 @@ class EmbedMatch(SegmentationMethod):
         with torch.no_grad():
             self.teacher.module.eval()
             _, emb = self.teacher.module.forward_features(lab["image"])
-            self.enqueue(flat_voxels(F.normalize(emb.float(), dim=1)), lab["label"].reshape(-1))
+            edge = self.boundary_mask(lab["label"]).reshape(-1) if self.config["matching"].get("boundary_fraction") else None
+            self.enqueue(flat_voxels(F.normalize(emb.float(), dim=1)), lab["label"].reshape(-1), edge)
         pseudo, weights, diag = self.pseudo_labels(unl["image"], unl.get("gt"))
         cfg = self.config["loss"]
-        logits = self.net(noisy(unl["image"], float(cfg["noise_std"]))).float()
+        view = self.student_view(unl)
+        box = self.cutmix_mask(view)
+        pseudo, weights = self.mix(box, pseudo), self.mix(box, weights)
+        logits = self.net(noisy(self.mix(box, view), float(cfg["noise_std"]))).float()
         ce = F.cross_entropy(logits, pseudo, ignore_index=IGNORE, reduction="none")
         pseudo_loss = (ce * weights).sum() / weights.sum().clamp_min(1.0)
         ent = entropy(torch.softmax(logits, 1)).mean()

@@ -1,6 +1,7 @@
 """Mean Teacher (Tarvainen & Valpola 2017), the consistency baseline, as SSL4MIS runs it: an EMA
 teacher, Gaussian input noise, MSE between student and teacher softmax on unlabelled data,
-weight ramped up with a sigmoid."""
+weight ramped up with a sigmoid. With a strong view configured (``unlabelled.strong``), the
+teacher sees the weak view and the student the strong one."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 
 from semiseg.methods.base import make_ema, register
 from semiseg.methods.segmentation import SegmentationMethod
-from semiseg.models.unet import SegUNet
+from semiseg.models.unet import build_unet
 from semiseg.preprocess.cache import DataInfo
 from semiseg.training.losses import sigmoid_rampup
 
@@ -29,8 +30,7 @@ class MeanTeacher(SegmentationMethod):
 
     def __init__(self, config: dict[str, Any], data: DataInfo) -> None:
         super().__init__(config, data)
-        net = config["network"]
-        self.net = SegUNet(self.dims, self.channels, self.num_classes, net["features"], net["dropout"])
+        self.net = build_unet(config, self.dims, self.channels, self.num_classes)
         self.teacher = make_ema(self.net, float(config["ema_decay"]))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -41,14 +41,22 @@ class MeanTeacher(SegmentationMethod):
         if "unlabelled" not in batch:
             return sup, {"loss_sup": sup.item()}
         c = self.config["consistency"]
-        u = batch["unlabelled"]["image"]
-        student = torch.softmax(self.net(noisy(u, c["noise_std"])).float(), dim=1)
+        unl = batch["unlabelled"]
+        view = self.student_view(unl)
+        box = self.cutmix_mask(view)
+        student = torch.softmax(self.net(noisy(self.mix(box, view), c["noise_std"])).float(), dim=1)
         with torch.no_grad():
-            teacher = torch.softmax(self.teacher(noisy(u, c["noise_std"])).float(), dim=1)
+            teacher = torch.softmax(self.teacher(noisy(unl["image"], c["noise_std"])).float(), dim=1)
+        if "gt" in unl:  # diagnostic only: the hidden annotation of the "unlabelled" patches
+            dice_teacher = self.foreground_dice(teacher.argmax(1), unl["gt"])
+        teacher = self.mix(box, teacher)
         total = self.ctx.total_steps if self.ctx else 1
         weight = float(c["weight"]) * sigmoid_rampup(step / max(float(c["rampup"]) * total, 1.0))
         cons = F.mse_loss(student, teacher)
-        return sup + weight * cons, {"loss_sup": sup.item(), "loss_cons": cons.item(), "w_cons": weight}
+        logs = {"loss_sup": sup.item(), "loss_cons": cons.item(), "w_cons": weight}
+        if "gt" in unl:
+            logs["dice_teacher"] = dice_teacher
+        return sup + weight * cons, logs
 
     def after_optimizer_step(self, step: int) -> None:
         self.teacher.update_parameters(self.net)

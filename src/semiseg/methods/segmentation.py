@@ -3,16 +3,17 @@ augmentation, the supervised loss, and prediction as softmax probabilities with 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from semiseg.methods.base import Method
 from semiseg.preprocess.cache import DataInfo
-from semiseg.training.augment import Augmenter
+from semiseg.training.augment import Augmenter, StrongAugmenter
 from semiseg.training.batches import PatchSource, SegmentationBatches, SliceSource, Stream
 from semiseg.training.context import TrainContext
-from semiseg.training.losses import SegmentationLoss, entropy
+from semiseg.training.losses import IGNORE, SegmentationLoss, entropy
 
 
 class SegmentationMethod(Method):
@@ -43,10 +44,12 @@ class SegmentationMethod(Method):
                 self.unlabelled = self._source(ctx, unl, labelled=False)
                 ubs = int(self.config.get("unlabelled_batch_size") or bs)
                 self.unlabelled_stream = Stream(len(self.unlabelled), ubs, ctx.seed + 1, ctx.info)
+        views = self.config.get("unlabelled", {}) or {}
         self._batches = SegmentationBatches(
             self.labelled, self.labelled_stream, Augmenter(self.config.get("augment", {}), self.dims, self.data.normaliser.background_value()),
             ctx.seed, ctx.info.rank,
             self.unlabelled, self.unlabelled_stream if self.unlabelled is not None else None,
+            weak=bool(views.get("weak", False)), strong=StrongAugmenter(views.get("strong"), self.dims),
         )
 
     def batch_maker(self) -> SegmentationBatches:
@@ -54,6 +57,43 @@ class SegmentationMethod(Method):
 
     def next_batch(self, step: int) -> dict[str, Any]:
         return self._batches(step)
+
+    @staticmethod
+    def student_view(unl: dict[str, Any]) -> torch.Tensor:
+        """The unlabelled images the student sees: the strong view if there is one."""
+        return unl.get("strong", unl["image"])
+
+    def cutmix_mask(self, images: torch.Tensor) -> torch.Tensor | None:
+        """CutMix for the student's unlabelled batch (B, C, *S): a boolean mask (B, *S) holding,
+        for each sample drawn with probability ``unlabelled.cutmix``, a random box whose sides are
+        ``unlabelled.cutmix_size`` fractions of the patch; inside it the sample takes the next
+        sample's voxels (and targets), see :meth:`mix`. None when off or the batch has one image.
+        Drawn from torch's generator, which the loop seeds per step."""
+        p = float((self.config.get("unlabelled", {}) or {}).get("cutmix", 0.0) or 0.0)
+        if p <= 0 or images.shape[0] < 2:
+            return None
+        lo, hi = (float(v) for v in self.config["unlabelled"].get("cutmix_size", [0.5, 0.8]))
+        spatial = images.shape[2:]
+        mask = torch.zeros((images.shape[0], *spatial), dtype=torch.bool, device=images.device)
+        for i in range(images.shape[0]):
+            draw = torch.rand(1 + 2 * len(spatial))
+            if float(draw[0]) >= p:
+                continue
+            box = []
+            for d, size in enumerate(spatial):
+                side = max(int(round(size * (lo + (hi - lo) * float(draw[1 + d])))), 1)
+                start = int(float(draw[1 + len(spatial) + d]) * (size - side + 1))
+                box.append(slice(start, start + side))
+            mask[(i, *box)] = True
+        return mask if bool(mask.any()) else None
+
+    @staticmethod
+    def mix(mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        """Inside ``mask`` (B, *S), take the next sample's values of ``x`` (B, *S) or (B, K, *S)."""
+        if mask is None:
+            return x
+        m = mask if x.dim() == mask.dim() else mask.unsqueeze(1)
+        return torch.where(m, x.roll(1, 0), x)
 
     # ---- the mathematics -------------------------------------------------------------------
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,6 +106,18 @@ class SegmentationMethod(Method):
 
     def forward(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         return self.supervised_loss(batch), {}
+
+    @torch.no_grad()
+    def foreground_dice(self, pred: torch.Tensor, gt: torch.Tensor) -> float:
+        """Mean Dice over the foreground classes of class maps ``pred`` vs ``gt`` (IGNORE left out):
+        a diagnostic of pseudo-label quality on unlabelled data whose annotation is hidden."""
+        known = gt != IGNORE
+        dices = []
+        for c in range(1, self.num_classes):
+            p, g = (pred == c) & known, (gt == c) & known
+            if g.any() or p.any():
+                dices.append(2 * float((p & g).sum()) / float(p.sum() + g.sum()))
+        return sum(dices) / len(dices) if dices else math.nan
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

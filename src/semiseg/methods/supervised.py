@@ -8,7 +8,7 @@ import torch
 
 from semiseg.methods.base import register
 from semiseg.methods.segmentation import SegmentationMethod
-from semiseg.models.unet import SegUNet
+from semiseg.models.unet import build_unet
 from semiseg.preprocess.cache import DataInfo
 
 
@@ -21,8 +21,7 @@ class Supervised(SegmentationMethod):
 
     def __init__(self, config: dict[str, Any], data: DataInfo) -> None:
         super().__init__(config, data)
-        net = config["network"]
-        self.net = SegUNet(self.dims, self.channels, self.num_classes, net["features"], net["dropout"])
+        self.net = build_unet(config, self.dims, self.channels, self.num_classes)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -147,11 +147,7 @@ class DecoderFeatures:
     def pooled(self, x_noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The chosen blocks' activations averaged over space and concatenated: (B, F), without
         upsampling anything (for per-image rather than per-pixel features)."""
-        self._acts.clear()
-        self.unet(x_noisy, t)
-        feats = [self._acts[b].float().mean(dim=(2, 3)) for b in self.blocks]
-        self._acts.clear()
-        return torch.cat(feats, dim=1)
+        return torch.cat([a.float().mean(dim=(2, 3)) for a in self.activations(x_noisy, t)], dim=1)
 
     def remove(self) -> None:
         for h in self._handles:

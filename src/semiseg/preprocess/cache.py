@@ -25,7 +25,7 @@ from semiseg.data.cases import Dataset
 from semiseg.data.labels import LabelScheme
 from semiseg.data.loading import check_case_headers, load_case
 from semiseg.errors import SemisegInputError
-from semiseg.files import atomic_dir, read_json, write_json
+from semiseg.files import atomic_dir, check_output, os_problem, read_json, write_json
 from semiseg.preprocess.geometry import CaseGeometry
 from semiseg.preprocess.normalise import Normaliser, fit_ct_stats, sample_foreground
 from semiseg.preprocess.pipeline import case_slices, prepare_case
@@ -120,13 +120,20 @@ class Cache:
         index = read_json(index_path, "cache index")
         if index.get("version") != CACHE_VERSION:
             raise SemisegInputError(index_path, f"cache version {index.get('version')} is not {CACHE_VERSION}; prepare it again")
+        for key, kind in (("modalities", list), ("kinds", dict), ("scheme", dict), ("normalisation", dict), ("slice_size", int),
+                          ("dims", list), ("cases", list), ("format", str)):
+            if not isinstance(index.get(key), kind):
+                raise SemisegInputError(index_path, f"cache index lacks {key!r} (a JSON {kind.__name__}); prepare the cache again")
         self.index = index
-        self.modalities: tuple[str, ...] = tuple(index["modalities"])
-        self.scheme = LabelScheme.from_json(index["scheme"])
-        self.normaliser = Normaliser.from_json(index["normalisation"])
-        self.slice_size: int = index["slice_size"]
-        self.dims: tuple[str, ...] = tuple(index["dims"])
-        self.cases: dict[str, CacheCase] = {c["id"]: CacheCase.from_json(c) for c in index["cases"]}
+        try:
+            self.modalities: tuple[str, ...] = tuple(str(m) for m in index["modalities"])
+            self.scheme = LabelScheme.from_json(index["scheme"])
+            self.normaliser = Normaliser.from_json(index["normalisation"])
+            self.slice_size: int = index["slice_size"]
+            self.dims: tuple[str, ...] = tuple(index["dims"])
+            self.cases: dict[str, CacheCase] = {c["id"]: CacheCase.from_json(c) for c in index["cases"]}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SemisegInputError(index_path, f"cache index is malformed ({type(exc).__name__}: {exc}); prepare the cache again") from None
         self._arrays: dict[str, np.ndarray] = {}
 
     @property
@@ -151,8 +158,40 @@ class Cache:
                 if need not in self.dims:
                     raise SemisegInputError(self.root, f"was prepared without {need} data; run `semiseg prepare --dims 2d,3d`")
                 raise SemisegInputError(path, "is missing from the cache")
-            self._arrays[key] = np.load(path, mmap_mode="r")
+            try:
+                array = np.load(path, mmap_mode="r")  # never allow_pickle: an object array is refused
+            except OSError as exc:
+                raise SemisegInputError(path, f"cannot be read: {os_problem(exc)}") from None
+            except ValueError as exc:
+                raise SemisegInputError(path, f"is not a cache array ({exc}); prepare the cache again") from None
+            self._check_array(path, case_id, kind, array)
+            self._arrays[key] = array
         return self._arrays[key]
+
+    def _check_array(self, path: Path, case_id: str, kind: str, array: np.ndarray) -> None:
+        """The array has the dtype and shape the index promises (what `build_cache` writes)."""
+        s, c, n = self.slice_size, self.channels, self.cases[case_id].n_slices
+        crop = tuple(self.cases[case_id].geometry.crop_shape)
+        expected = {
+            "slices": (np.float16, (n, c, s, s)), "slabels": (np.uint8, (n, s, s)),
+            "volume": (np.float16, (c, *crop)), "vlabel": (np.uint8, crop),
+        }[kind]
+        if array.dtype != expected[0] or tuple(array.shape) != expected[1]:
+            raise SemisegInputError(
+                path, f"holds {array.dtype} of shape {tuple(array.shape)}, not the {np.dtype(expected[0])} of shape {expected[1]} "
+                "the cache index describes; prepare the cache again"
+            )
+
+    def check_arrays(self, case_ids: list[str], dims: int) -> None:
+        """Open (memory-map, read nothing) every array a run on ``case_ids`` reads, so damaged files
+        are found before the run starts."""
+        for cid in case_ids:
+            if cid not in self.cases:
+                raise SemisegInputError(self.root / INDEX, f"has no case {cid!r}")
+            kinds = ("slices", "slabels") if dims == 2 else ("volume", "vlabel")
+            self._array(cid, kinds[0])
+            if self.cases[cid].labelled:
+                self._array(cid, kinds[1])
 
     def slices(self, case_id: str) -> np.ndarray:
         """(Z', C, S, S) float16 memmap of a case's axial slices."""
@@ -211,6 +250,7 @@ def build_cache(
         raise SemisegInputError(None, f"dims must be a subset of {DIMS}, got {dims}")
     if slice_size < 16:
         raise SemisegInputError(None, f"slice size must be at least 16, got {slice_size}")
+    check_output(out, "folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise SemisegInputError(out, "already exists and is not empty (use --overwrite to replace it)")
     # fail fast on missing/mismatched files before any heavy work

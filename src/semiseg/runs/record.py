@@ -9,8 +9,10 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from semiseg.config import check_settings, load_config
 from semiseg.errors import SemisegInputError
 from semiseg.files import read_json, write_json
+from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import DataInfo
 from semiseg.training.plan import DataPlan
 
@@ -42,6 +44,12 @@ class RunRecord:
         ddpm = self.config.get("ddpm")
         return Path(ddpm["run"]) if isinstance(ddpm, dict) and ddpm.get("run") else None
 
+    @property
+    def ddpm_sha256(self) -> str | None:
+        """The sha256 of the DDPM weights the run was started from (None for runs recorded without it)."""
+        ddpm = self.config.get("ddpm")
+        return ddpm.get("sha256") if isinstance(ddpm, dict) else None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "semiseg_version": self.semiseg_version,
@@ -64,9 +72,7 @@ class RunRecord:
                 raise SemisegInputError(source, f"run record lacks {key!r}")
             if not isinstance(obj[key], kind) or isinstance(obj[key], bool):
                 raise SemisegInputError(source, f"run record's {key!r} must be a {kind.__name__}, got {obj[key]!r:.60}")
-        train = obj["config"].get("train")
-        if not isinstance(train, dict) or not isinstance(train.get("steps"), int):
-            raise SemisegInputError(source, "run record's config lacks an integer train.steps")
+        _check_config(obj["method"], obj["config"], source)
         try:
             data = DataInfo.from_json(obj["data"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -86,6 +92,28 @@ class RunRecord:
 
     def write(self, run_dir: str | PathLike) -> None:
         write_json(Path(run_dir) / CONFIG, self.to_json())
+
+
+def _check_config(method: str, config: dict[str, Any], source: str | PathLike | None) -> None:
+    """The recorded settings have every block and kind of value the method's shipped presets have;
+    settings added since the record was written are filled in with their shipped defaults."""
+    try:
+        cls = get_method(method)
+    except SemisegInputError:
+        raise SemisegInputError(source, f"run record names an unknown method {method!r}") from None
+    settings = {k: v for k, v in config.items() if k != "ddpm"}
+    config.update(check_settings(settings, load_config(cls.config_files, "default"), source, complete=True))
+    if cls.needs_ddpm:
+        ddpm = config.get("ddpm")
+        if not isinstance(ddpm, dict) or not isinstance(ddpm.get("run"), str):
+            raise SemisegInputError(source, "run record's config lacks the DDPM it builds on ('ddpm' with 'run')")
+        reference = load_config(["ddpm"], "default")
+        for block in ("model", "diffusion"):
+            if not isinstance(ddpm.get(block), dict):
+                raise SemisegInputError(source, f"run record's config lacks the DDPM's {block!r} settings")
+            ddpm[block] = check_settings(ddpm[block], reference[block], source, f"ddpm.{block}.", complete=True)
+        if not isinstance(ddpm.get("sha256", ""), str):
+            raise SemisegInputError(source, "run record's 'ddpm.sha256' must be a text")
 
 
 def read_run_record(run_dir: str | PathLike) -> RunRecord:

@@ -37,13 +37,22 @@ MODES = {
 
 def run_demo(out: str | PathLike = "semiseg-demo", quick: bool = False, device: str | None = None, seed: int = 0) -> Path:
     """Run the demo into ``out`` (resumable: finished stages are skipped); returns the report path."""
+    from semiseg.files import check_output, removed_on_failure
+    from semiseg.runs.train import has_progress
+    from semiseg.training.distributed import pick_device
+
+    out = Path(out)
+    check_output(out, "folder")
+    pick_device(0, device)
+    with removed_on_failure(out, keep=has_progress):
+        return _run_demo(out, MODES["quick" if quick else "full"], device, seed)
+
+
+def _run_demo(out: Path, mode: dict, device: str | None, seed: int) -> Path:
     from semiseg.data.phantom import write_phantom_dataset
     from semiseg.progress import progress_bar
     from semiseg.studies.sweep import load_study, run_sweep
 
-    mode = MODES["quick" if quick else "full"]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     data = out / "phantom"
     if not data.exists():

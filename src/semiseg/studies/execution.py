@@ -44,7 +44,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from semiseg.errors import SemisegInputError
-from semiseg.files import read_json, write_json
+from semiseg.files import check_output, read_json, write_json
 from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache
 from semiseg.progress import log, progress_bar, set_enabled
@@ -461,6 +461,7 @@ def sweep_study(study: Study, *, workers: int | None = None, gpus: Sequence[str]
     if gpus and study.device and study.device.startswith("cuda:"):
         raise SemisegInputError(None, f"--gpus pins each worker to one GPU; leave the device unset instead of {study.device!r}")
     out = Path(study.out)
+    check_output(out, "folder")
     check_external_early(study)
     try:
         out.mkdir(parents=True, exist_ok=True)

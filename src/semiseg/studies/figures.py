@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from semiseg.files import atomic_path  # noqa: E402
+from semiseg.files import atomic_path, check_output  # noqa: E402
 
 #: Okabe & Ito (2008), "Color universal design": black, orange, sky blue, bluish green, vermillion,
 #: blue, reddish purple, yellow
@@ -82,10 +82,14 @@ def sample_grid(run: str | PathLike, out: str | PathLike, n: int = 16, steps: in
     from semiseg.training.distributed import pick_device
 
     if n < 1 or steps < 1:
-        raise SemisegInputError(None, f"--n and --steps must be at least 1, got {n} and {steps}")
+        raise SemisegInputError(None, f"--count and --steps must be at least 1, got {n} and {steps}")
+    check_output(out, "file")
     method, record = load_trained(run, pick_device(0, device))
     if record.method != "ddpm":
         raise SemisegInputError(run, f"is a {record.method!r} run; sampling needs a DDPM run from `semiseg pretrain`")
+    trained = int(record.config["diffusion"]["timesteps"])
+    if steps > trained:
+        raise SemisegInputError(None, f"--steps {steps} is more than the {trained} timesteps the DDPM was trained with")
     samples = method.sample(n, steps=steps, seed=seed)
     mods = record.data.modalities
     fig, axes = plt.subplots(n, len(mods), figsize=(1.6 * len(mods), 1.6 * n), squeeze=False)

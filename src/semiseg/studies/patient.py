@@ -13,20 +13,26 @@ from pathlib import Path
 
 import numpy as np
 
-from semiseg.data.cases import discover
+from semiseg.config import load_config
+from semiseg.data.cases import Dataset, discover
 from semiseg.data.io import read_label
 from semiseg.errors import SemisegInputError
 from semiseg.evaluation.metrics import region_metrics
-from semiseg.files import write_csv
+from semiseg.files import check_output, removed_on_failure, write_csv
 from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache, build_cache
 from semiseg.progress import log
+from semiseg.runs.record import read_run_record
 from semiseg.studies import figures
+from semiseg.training.distributed import pick_device
+from semiseg.training.loop import check_train_settings
 from semiseg.training.plan import format_slice
 
 
 def pick_slices(cache: Cache, case_id: str, count: int) -> list[int]:
     """``count`` annotated (tumour-bearing) cached slices spread evenly over the lesion's extent."""
+    if count < 1:
+        raise SemisegInputError(None, f"--label-count must be at least 1, got {count}")
     voxels = np.asarray(cache.cases[case_id].slice_label_voxels)
     bearing = np.nonzero(voxels > 0)[0]
     if len(bearing) < count:
@@ -63,8 +69,7 @@ def run_patient(
     Returns:
         ``{"segmentation", "plot", "csv", "annotated"}``.
     """
-    from semiseg.inference.predict import predict
-    from semiseg.runs import ensure_trained
+    from semiseg.runs.train import has_progress
 
     out = Path(out) if out is not None else Path(f"{Path(case_dir).resolve().name}-patient")
     dataset = discover(case_dir, modalities)
@@ -75,6 +80,36 @@ def run_patient(
         raise SemisegInputError(case_dir, "has no label file to take the annotated slices from")
     if (label_slices is None) == (label_count is None):
         raise SemisegInputError(None, "give either --label-slices or --label-count")
+    if label_count is not None and label_count < 1:
+        raise SemisegInputError(None, f"--label-count must be at least 1, got {label_count}")
+    cls = get_method(method)
+    # every setting is checked before the output folder is made
+    check_output(out, "folder")
+    pick_device(0, device)
+    for files, chosen, extra in [(cls.config_files, preset, (overrides or []) + ["dims=2"])] + (
+        [(["ddpm"], ddpm_preset, ddpm_overrides or [])] if cls.needs_ddpm and ddpm_run is None else []
+    ):
+        check_train_settings(load_config(files, chosen, None, extra)["train"])
+    if ddpm_run is not None:
+        read_run_record(ddpm_run)
+    # a failed patient run keeps trained runs to resume, not its one-case cache (quick to redo)
+    with removed_on_failure(out, keep=lambda folder: has_progress(folder, caches=False)):
+        return _run_patient(
+            dataset, case_dir, out, cls, label_slices, label_count, slice_size, preset, overrides, ddpm_run, ddpm_preset,
+            ddpm_overrides, seed, device,
+        )
+
+
+def _run_patient(
+    dataset: Dataset, case_dir: str | PathLike, out: Path, cls: type, label_slices: list[int] | None, label_count: int | None,
+    slice_size: int, preset: str, overrides: list[str] | None, ddpm_run: str | PathLike | None, ddpm_preset: str,
+    ddpm_overrides: list[str] | None, seed: int, device: str | None,
+) -> dict:
+    from semiseg.inference.predict import predict
+    from semiseg.runs import ensure_trained
+
+    method = cls.name
+    case = dataset.cases[0]
     cache_dir = out / "cache"
     cache = Cache(cache_dir) if (cache_dir / "index.json").exists() else build_cache(dataset, cache_dir, slice_size=slice_size, test_fraction=0.0)
     geom = cache.cases[case.case_id].geometry
@@ -90,7 +125,6 @@ def run_patient(
     annotated = sorted(geom.input_slice(z) for z in zs)
     log(f"[bold]patient[/] {case.case_id}: training {method} on slices {', '.join(map(str, annotated))}")
 
-    cls = get_method(method)
     if cls.needs_ddpm and ddpm_run is None:
         ddpm_run = ensure_trained(out / "ddpm", cache.root, "ddpm", preset=ddpm_preset, overrides=ddpm_overrides, device=device)
     run = ensure_trained(

@@ -43,8 +43,8 @@ import numpy as np
 
 from semiseg.config import read_yaml_file
 from semiseg.errors import SemisegInputError
-from semiseg.files import read_csv, write_csv, write_json
-from semiseg.methods.base import get_method
+from semiseg.files import atomic_path, check_output, read_csv, removed_on_failure, write_csv, write_json
+from semiseg.methods.base import METHODS, get_method
 from semiseg.preprocess.cache import Cache
 from semiseg.progress import log, progress_bar
 
@@ -111,8 +111,80 @@ class Study:
         return list(self.methods) + list(self.external)
 
 
+#: what each study setting must be: (kinds of value, "of what" for lists); None allowed where listed
+STUDY_KINDS: dict[str, tuple[tuple[type, ...], type | None]] = {
+    "out": ((str,), None), "methods": ((list,), str), "budgets": ((list,), int), "seeds": ((list,), int),
+    "data": ((str, type(None)), None), "cache": ((str, type(None)), None), "modalities": ((list, type(None)), str),
+    "slice_size": ((int,), None), "test_fraction": ((float, int), None), "split_seed": ((int,), None), "dims": ((int,), None),
+    "preset": ((str,), None), "ddpm": ((dict, type(None)), None), "settings": ((dict, type(None)), None),
+    "test_slices_per_case": ((int, type(None)), None), "overlays": ((int,), None), "device": ((str, type(None)), None),
+    "whole_volume": ((bool,), None), "transductive": ((bool,), None), "negatives": ((int,), None),
+    "postprocess": ((str, type(None)), None), "selection": ((dict, type(None)), None), "upper_bound": ((bool,), None),
+    "external": ((dict, type(None)), None),
+}
+KIND_WORDS = {str: "a text", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "a mapping", type(None): "null"}
+
+
+def _check_kinds(raw: dict[str, Any], source: str | PathLike | None) -> None:
+    """Every study setting has the kind of value it needs (budgets a list of integers, ...)."""
+    for key, (kinds, item) in STUDY_KINDS.items():
+        if key not in raw:
+            continue
+        value = raw[key]
+        ok = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+        if ok and item is not None and isinstance(value, list):
+            ok = all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+        if not ok:
+            wanted = " or ".join(KIND_WORDS[k] for k in kinds) + (f" of {KIND_WORDS[item].split(' ', 1)[1]}s" if item else "")
+            raise SemisegInputError(source, f"study setting {key!r} must be {wanted}, got {value!r:.60}")
+
+
+def _check_study(study: Study, source: str | PathLike | None) -> None:
+    """Values a study cannot run with, and every method's settings, checked before anything is written."""
+    from semiseg.config import load_config
+    from semiseg.training.distributed import pick_device
+    from semiseg.training.loop import check_train_settings
+
+    if not study.methods:
+        raise SemisegInputError(source, "the study needs at least one method")
+    if not study.budgets or min(study.budgets) < 1:
+        raise SemisegInputError(source, f"budgets must be positive integers, got {study.budgets}")
+    if not study.seeds or min(study.seeds) < 0:
+        raise SemisegInputError(source, f"seeds must be non-negative integers, got {study.seeds}")
+    if study.dims not in (2, 3):
+        raise SemisegInputError(source, f"dims must be 2 or 3, got {study.dims}")
+    if not 0 < study.test_fraction < 1:
+        raise SemisegInputError(source, f"test_fraction must be between 0 and 1, got {study.test_fraction}")
+    if study.overlays < 0 or (study.test_slices_per_case is not None and study.test_slices_per_case < 0):
+        raise SemisegInputError(source, "overlays and test_slices_per_case must not be negative")
+    unknown = sorted(set(study.ddpm) - {"preset", "set", "run"})
+    if unknown:
+        raise SemisegInputError(source, f"unknown setting ddpm.{unknown[0]}; known: preset, set, run")
+    if not isinstance(study.ddpm["preset"], str) or not isinstance(study.ddpm["set"] or [], list):
+        raise SemisegInputError(source, "ddpm.preset must be a text and ddpm.set a list of key=value texts")
+    for name, items in study.settings.items():
+        if name != "all" and name not in METHODS:
+            raise SemisegInputError(source, f"settings for {name!r}, which is no method; the methods are {', '.join(sorted(METHODS))}")
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise SemisegInputError(source, f"settings.{name} must be a list of key=value texts, e.g. [train.steps=200]")
+    where = f"{source}, " if source else ""
+    layers = [(get_method(m).config_files, study.preset, study.method_overrides(m) + [f"dims={study.dims}"], f"{where}settings of {m}")
+              for m in study.methods]
+    if any(get_method(m).needs_ddpm for m in study.methods) and not study.ddpm.get("run"):
+        layers.append((["ddpm"], study.ddpm["preset"], list(study.ddpm["set"] or []), f"{where}ddpm.set"))
+    for files, preset, overrides, origin in layers:
+        config = load_config(files, preset, None, overrides, overrides_source=origin)
+        try:
+            check_train_settings(config["train"])
+        except SemisegInputError as exc:
+            raise SemisegInputError(origin, exc.problem) from None
+    if study.device:
+        pick_device(0, study.device)
+
+
 def load_study(path: str | PathLike | None = None, **values: Any) -> Study:
-    """Read a study YAML (relative paths are relative to the file) and/or keyword values."""
+    """Read a study YAML (relative paths are relative to the file) and/or keyword values; every
+    setting is checked (kinds, values, each method's settings) with one-line errors naming the file."""
     raw: dict[str, Any] = {}
     base = Path(".")
     if path is not None:
@@ -121,8 +193,9 @@ def load_study(path: str | PathLike | None = None, **values: Any) -> Study:
             raise SemisegInputError(path, "study file not found")
         raw = read_yaml_file(path, "study file") or {}
         if not isinstance(raw, dict):
-            raise SemisegInputError(path, "a study file must hold a mapping of settings (out, data, methods, budgets, ...)")
+            raise SemisegInputError(path, f"must hold a mapping of study settings (out, data, methods, budgets, ...), not a {type(raw).__name__}")
         base = path.parent
+    _check_kinds(raw, path)
     raw.update({k: v for k, v in values.items() if v is not None})
     known = set(Study.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
@@ -151,17 +224,15 @@ def load_study(path: str | PathLike | None = None, **values: Any) -> Study:
         ext = ExternalMethod.parse(str(name), spec, base, path)
         external[name] = {"predictions": ext.predictions, "space": ext.space}
     raw["external"] = external
+    raw["settings"] = raw.get("settings") or {}
     study = Study(**raw)
     for m in study.methods:
         get_method(m)
-    if not study.budgets or min(study.budgets) < 1:
-        raise SemisegInputError(path, f"budgets must be positive integers, got {study.budgets}")
+    _check_study(study, path)
     if study.selection is not None:
         from semiseg.studies.active import SelectionPlan
 
         SelectionPlan.from_study(study.selection, path)
-    if not isinstance(study.upper_bound, bool):
-        raise SemisegInputError(path, f"upper_bound must be true or false, got {study.upper_bound!r}")
     return study
 
 
@@ -287,7 +358,8 @@ def score_external(study: Study, cache: Cache, method: Any, n_labelled: int, see
         cache, test, study.dims, lambda cid, zs: maps[cid], study.test_slices_per_case, keep, study.postprocess, study.whole_volume
     )
     run.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(run / OVERLAY_PREDICTIONS, **{k.replace(":", "@"): v for k, v in kept.items()})
+    with atomic_path(run / OVERLAY_PREDICTIONS) as tmp:
+        np.savez_compressed(tmp, **{k.replace(":", "@"): v for k, v in kept.items()})
     write_json(run / "external.json", {"predictions": str(method.folder(n_labelled, seed)), "space": method.space})
     write_csv(run / TEST_METRICS, rows, TEST_FIELDS)
     return run
@@ -316,7 +388,8 @@ def run_one(study: Study, cache: Cache, method: str, n_labelled: int, seed: int,
     clock = WallClock(run / TIMING_FILE, "test", device=str(device))  # training records its own sessions
     model, _ = load_trained(run, device)
     rows, kept = evaluate_on_cache(model, cache, cache.ids("test"), study.test_slices_per_case, keep, study.postprocess, study.whole_volume)
-    np.savez_compressed(run / OVERLAY_PREDICTIONS, **{k.replace(":", "@"): v for k, v in kept.items()})
+    with atomic_path(run / OVERLAY_PREDICTIONS) as tmp:
+        np.savez_compressed(tmp, **{k.replace(":", "@"): v for k, v in kept.items()})
     clock.tick()
     write_csv(run / TEST_METRICS, rows, TEST_FIELDS)
     return run
@@ -396,9 +469,18 @@ def run_sweep(study: Study, **options: Any) -> Path | None:
     """Run (or finish) a study; returns the path of its report (None when runs of other shards or
     processes are still unfinished). ``options`` are those of
     :func:`semiseg.studies.execution.sweep_study` (workers, gpus, threads, keep_going, shard)."""
+    from semiseg.runs.train import has_progress
     from semiseg.studies.execution import sweep_study
 
-    return sweep_study(study, **options).report
+    out = Path(study.out)
+    check_output(out, "folder")
+    if study.cache:
+        cache = Cache(study.cache)
+        if len(cache.ids("test")) == 0:
+            raise SemisegInputError(cache.root, "has no test patients; prepare it with --test-fraction above 0")
+    # a failed first sweep keeps what a rerun continues from (a prepared cache, runs with checkpoints)
+    with removed_on_failure(out, keep=has_progress):
+        return sweep_study(study, **options).report
 
 
 def collect_results(out: str | PathLike, jobs: list[tuple[str, int, int]], upper: list[tuple[str, int, int]] = ()) -> list[dict]:
@@ -409,7 +491,12 @@ def collect_results(out: str | PathLike, jobs: list[tuple[str, int, int]], upper
     results = []
     for runs, label in ((jobs, None), (upper, UPPER_BOUND)):
         for m, b, s in runs:
-            for r in read_csv(run_path(out, m, b, s) / TEST_METRICS):
+            path = run_path(out, m, b, s) / TEST_METRICS
+            for i, r in enumerate(read_csv(path, TEST_FIELDS)):
+                try:
+                    float(r["value"])
+                except ValueError:
+                    raise SemisegInputError(path, f"row {i + 2}: value {r['value']!r} is not a number") from None
                 results.append({"method": label or m, "budget": b, "seed": s, **r})
     return results
 

@@ -9,7 +9,10 @@ see at test time:
   z-scoring, the clipped minimum for CT), not with 0, which is soft tissue in normalised CT;
 * gamma changes only the foreground: background voxels keep their value, as in braintumor-ddpm,
   which applies gamma to [0, 1] intensities whose background is 0.
-"""
+
+:class:`StrongAugmenter` is the semi-supervised methods' *strong* view of an unlabelled patch
+(FixMatch's idea): intensity-only perturbations (noise, gamma, contrast, bias field, blur) and
+optional cut-out, so the teacher's pseudo-labels of the weak view stay aligned voxel for voxel."""
 
 from __future__ import annotations
 
@@ -20,7 +23,19 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, RandAdjustContrastd, RandAffined, RandFlipd
+from monai.transforms import (
+    Compose,
+    RandAdjustContrast,
+    RandAdjustContrastd,
+    RandAffined,
+    RandBiasField,
+    RandCoarseDropout,
+    RandFlipd,
+    RandGaussianNoise,
+    RandGaussianSmooth,
+    RandScaleIntensity,
+    RandShiftIntensity,
+)
 
 
 def plain(x: Any) -> torch.Tensor:
@@ -97,3 +112,48 @@ class Augmenter:
             if label is not None:
                 labels.append(plain(out["label"])[0].round().long())
         return torch.stack(images), (torch.stack(labels) if label is not None else None)
+
+
+class StrongAugmenter:
+    """Intensity-only strong augmentation of images (B, C, *spatial), per sample, seeded.
+
+    ``cfg`` keys (each a MONAI transform applied with probability ``prob``; a missing or zero
+    value leaves it out): ``noise_std`` (Gaussian noise), ``gamma`` ([lo, hi]), ``scale``
+    (multiplicative intensity), ``shift`` (additive intensity), ``bias_field`` (coefficient
+    range), ``blur`` ([lo, hi] sigma in voxels), ``cutout`` (number of boxes of ``cutout_size``
+    voxels filled with the image minimum, applied with probability ``cutout_prob``).
+    """
+
+    def __init__(self, cfg: dict[str, Any] | None, dims: int) -> None:
+        cfg = cfg or {}
+        p = float(cfg.get("prob", 0.0))
+        transforms: list = []
+        if p > 0:
+            if cfg.get("gamma"):
+                transforms.append(RandAdjustContrast(prob=p, gamma=tuple(cfg["gamma"])))
+            if cfg.get("scale"):
+                transforms.append(RandScaleIntensity(factors=float(cfg["scale"]), prob=p))
+            if cfg.get("shift"):
+                transforms.append(RandShiftIntensity(offsets=float(cfg["shift"]), prob=p))
+            if cfg.get("bias_field"):
+                transforms.append(RandBiasField(coeff_range=(0.0, float(cfg["bias_field"])), prob=p))
+            if cfg.get("blur"):
+                lo, hi = (float(v) for v in cfg["blur"])
+                transforms.append(RandGaussianSmooth(sigma_x=(lo, hi), sigma_y=(lo, hi), sigma_z=(lo, hi), prob=p))
+            if cfg.get("noise_std"):
+                transforms.append(RandGaussianNoise(prob=p, std=float(cfg["noise_std"])))
+        if cfg.get("cutout") and float(cfg.get("cutout_prob", 0.0)) > 0:
+            size = cfg.get("cutout_size", 8)
+            size = tuple(size) if isinstance(size, (list, tuple)) else (int(size),) * dims
+            transforms.append(RandCoarseDropout(holes=int(cfg["cutout"]), spatial_size=size, fill_value=None, prob=float(cfg["cutout_prob"])))
+        self.enabled = bool(transforms)
+        self.compose = Compose(transforms) if transforms else None
+
+    def __call__(self, image: torch.Tensor, seed: int) -> torch.Tensor:
+        if not self.enabled:
+            return image
+        out = []
+        for i in range(image.shape[0]):
+            self.compose.set_random_state(seed=(seed * 7919 + i) % (2**32))
+            out.append(plain(self.compose(image[i])).float())
+        return torch.stack(out)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from semiseg.errors import SemisegInputError
 from semiseg.preprocess.cache import Cache
-from semiseg.training.augment import Augmenter
+from semiseg.training.augment import Augmenter, StrongAugmenter
 from semiseg.training.distributed import DistInfo
 from semiseg.training.losses import IGNORE
 
@@ -167,14 +167,17 @@ class PatchSource:
         return batch
 
 
-def augment_seed(seed: int, step: int, rank: int) -> int:
-    """The seed of a step's augmentations."""
-    return int(np.random.SeedSequence([seed, step, rank, 7]).generate_state(1)[0])
+def augment_seed(seed: int, step: int, rank: int, stream: int = 7) -> int:
+    """The seed of a step's augmentations (``stream``: 7 the labelled batch, 8 and 9 the
+    unlabelled batch's weak and strong views)."""
+    return int(np.random.SeedSequence([seed, step, rank, stream]).generate_state(1)[0])
 
 
 class SegmentationBatches:
     """The batches of a segmentation method: augmented labelled items, and unlabelled ones for
-    semi-supervised methods (``batch["labelled"]``, ``batch["unlabelled"]``). Holds data sources
+    semi-supervised methods (``batch["labelled"]``, ``batch["unlabelled"]``), optionally
+    as a weak view (the labelled augmentation, for the teacher) and a strong one (``"strong"``,
+    intensity-only, for the student). Holds data sources
     and settings only (no network), so it is cheap to send to DataLoader workers."""
 
     def __init__(
@@ -186,10 +189,13 @@ class SegmentationBatches:
         rank: int,
         unlabelled: SliceSource | PatchSource | None = None,
         unlabelled_stream: Stream | None = None,
+        weak: bool = False,
+        strong: StrongAugmenter | None = None,
     ) -> None:
         self.labelled, self.labelled_stream = labelled, labelled_stream
         self.unlabelled, self.unlabelled_stream = unlabelled, unlabelled_stream
         self.augment, self.seed, self.rank = augment, seed, rank
+        self.weak, self.strong = weak, strong
 
     def _load(self, source: SliceSource | PatchSource, stream: Stream, step: int, stream_id: int) -> dict[str, torch.Tensor]:
         idx = stream.indices(step)
@@ -202,7 +208,12 @@ class SegmentationBatches:
         lab["image"], lab["label"] = self.augment(lab["image"], lab["label"], augment_seed(self.seed, step, self.rank))
         batch: dict[str, Any] = {"labelled": lab}
         if self.unlabelled is not None and self.unlabelled_stream is not None:
-            batch["unlabelled"] = self._load(self.unlabelled, self.unlabelled_stream, step, 1)
+            unl = self._load(self.unlabelled, self.unlabelled_stream, step, 1)
+            if self.weak:  # the teacher's (weak) view; the hidden ground truth follows it
+                unl["image"], unl["gt"] = self.augment(unl["image"], unl["gt"], augment_seed(self.seed, step, self.rank, 8))
+            if self.strong is not None and self.strong.enabled:  # the student's (strong) view of the same voxels
+                unl["strong"] = self.strong(unl["image"], augment_seed(self.seed, step, self.rank, 9))
+            batch["unlabelled"] = unl
         return batch
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from semiseg.errors import SemisegInputError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -28,13 +30,36 @@ class DistInfo:
         return self.world > 1
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def check_device(requested: str) -> torch.device:
+    """The device a user asked for, if this machine has it; else a one-line error."""
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        raise SemisegInputError(None, f"--device {requested!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SemisegInputError(None, f"--device {requested}: CUDA is not available (this PyTorch {torch.__version__} sees no GPU)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SemisegInputError(None, f"--device {requested}: there are only {torch.cuda.device_count()} CUDA devices")
+    elif device.type == "mps":
+        if not _mps_available():
+            raise SemisegInputError(None, f"--device {requested}: Apple MPS is not available here")
+    elif device.type != "cpu":
+        raise SemisegInputError(None, f"--device {requested!r}: semiseg runs on cpu, cuda or mps")
+    return device
+
+
 def pick_device(local_rank: int = 0, requested: str | None = None) -> torch.device:
-    """The device to train on: ``requested`` if given, else CUDA, then Apple MPS, then CPU."""
+    """The device to train on: ``requested`` if given (and present), else CUDA, then Apple MPS, then CPU."""
     if requested and requested != "auto":
-        return torch.device(requested)
+        return check_device(requested)
     if torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
 

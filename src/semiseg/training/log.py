@@ -14,23 +14,35 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from semiseg.files import atomic_path, read_json, write_json, write_text
+from semiseg.errors import SemisegInputError
+from semiseg.files import atomic_path, read_json, write_error, write_json, write_text
 
 TIMING_FILE = "timing.json"
 
 
+def _step(row: dict[str, str | None]) -> float:
+    try:
+        return float(row.get("step") or "nan")
+    except ValueError:
+        return math.nan
+
+
 class CsvLog:
     """Append rows to a CSV file; on resume, rows after the resumed step are dropped so the log
-    stays continuous (a killed run may have logged past its last checkpoint)."""
+    stays continuous (a killed run may have logged past its last checkpoint, and the last row of a
+    process killed while appending it may be cut short: rows with a missing value go too)."""
 
     def __init__(self, path: str | PathLike, resume_step: int | None = None) -> None:
         self.path = Path(path)
         self.fields: list[str] | None = None
         if resume_step is not None and self.path.exists():
-            with open(self.path, newline="") as fh:
-                reader = csv.DictReader(fh)
-                self.fields = list(reader.fieldnames or [])
-                rows = [r for r in reader if int(float(r["step"])) <= resume_step]
+            try:
+                with open(self.path, newline="") as fh:
+                    reader = csv.DictReader(fh)
+                    self.fields = list(reader.fieldnames or [])
+                    rows = [r for r in reader if _step(r) <= resume_step and all(r.get(f) is not None for f in self.fields)]
+            except (OSError, UnicodeDecodeError, csv.Error) as exc:
+                raise SemisegInputError(self.path, f"training log cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=self.fields)
             writer.writeheader()
@@ -52,12 +64,15 @@ class CsvLog:
         new = self.fields is None
         if new:
             self.fields = list(row)
-        with open(self.path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.fields)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-            fh.flush()
+        try:
+            with open(self.path, "a", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=self.fields)
+                if new:
+                    writer.writeheader()
+                writer.writerow(row)
+                fh.flush()
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
 
 
 def read_log(path: str | PathLike) -> list[dict[str, float]]:

@@ -21,14 +21,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from semiseg.errors import SemisegInputError
+from semiseg.progress import log as log_line
 from semiseg.progress import progress_bar
 from semiseg.training.batches import resolve_workers, step_loader
 from semiseg.training.checkpoint import (
+    apply_training_state,
+    check_state_dict,
     fit_state_dict,
-    latest_checkpoint,
+    latest,
     load_model_state,
-    load_training_state,
-    read_checkpoint_meta,
+    read_training_state,
+    remove_stale,
     save_checkpoint,
 )
 from semiseg.training.context import Trainable, TrainContext
@@ -39,6 +42,44 @@ LOG_FILE = "train_log.csv"
 CURVE_FILE = "loss_curve.png"
 #: devices PyTorch's fused Adam/AdamW kernels run on
 FUSED_DEVICES = ("cpu", "cuda")
+
+
+#: train settings that count steps or items: (name, smallest allowed value)
+COUNTS = (("steps", 1), ("batch_size", 1), ("log_every", 1), ("checkpoint_every", 1), ("warmup_steps", 0))
+
+
+def check_train_settings(cfg: dict[str, Any]) -> None:
+    """One-line errors for ``train`` settings no run can use, so a bad value is refused before a
+    run folder is created: step counts below 1, a learning rate that is not a positive number, a
+    negative weight decay or gradient clip, an unknown precision, workers or prefetch count."""
+    for key, least in COUNTS:
+        value = cfg.get(key, least)
+        if value is None and key == "warmup_steps":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise SemisegInputError(None, f"train.{key} must be an integer of at least {least}, got {value!r}")
+    try:
+        lr = float(cfg["lr"])
+    except (KeyError, TypeError, ValueError):
+        raise SemisegInputError(None, f"train.lr must be a positive number, got {cfg.get('lr')!r}") from None
+    if not (math.isfinite(lr) and lr > 0):
+        raise SemisegInputError(None, f"train.lr must be a positive number, got {cfg['lr']!r}")
+    for key in ("weight_decay", "grad_clip"):
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
+            raise SemisegInputError(None, f"train.{key} must be a number of at least 0 (or null), got {value!r}")
+    autocast_for(cfg.get("precision", "auto"), torch.device("cpu"))
+    resolve_workers(cfg.get("workers", "auto"), torch.device("cpu"), DistInfo())
+    if not isinstance(cfg.get("prefetch", 2), int) or isinstance(cfg.get("prefetch", 2), bool) or cfg.get("prefetch", 2) < 1:
+        raise SemisegInputError(None, f"train.prefetch must be a positive number of batches, got {cfg.get('prefetch')!r}")
+
+
+def build_optimization(method: Trainable, total: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """Check ``method``'s train settings and build its optimizer and learning-rate schedule."""
+    cfg = method.config["train"]
+    check_train_settings(cfg)
+    optimizer = build_optimizer(cfg, method.trainable_parameters())
+    return optimizer, build_lr_schedule(cfg, optimizer, total)
 
 
 def build_optimizer(cfg: dict[str, Any], params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -99,15 +140,6 @@ def autocast_for(precision: Any, device: torch.device) -> tuple[Any, torch.amp.G
     return torch.autocast(device.type, dtype=dtype), scaler
 
 
-def check_loop_settings(cfg: dict[str, Any]) -> None:
-    """Check the ``train`` settings the loop reads at its start, so a bad value is refused before
-    a run folder is created."""
-    autocast_for(cfg.get("precision", "auto"), torch.device("cpu"))
-    resolve_workers(cfg.get("workers", "auto"), torch.device("cpu"), DistInfo())
-    if not isinstance(cfg.get("prefetch", 2), int) or isinstance(cfg.get("prefetch", 2), bool) or cfg.get("prefetch", 2) < 1:
-        raise SemisegInputError(None, f"train.prefetch must be a positive number of batches, got {cfg.get('prefetch')!r}")
-
-
 def seed_step(seed: int, step: int, rank: int) -> None:
     """Seed torch's global generator (dropout, noise) from (seed, step, rank)."""
     torch.manual_seed(int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0]))
@@ -125,6 +157,24 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return out
 
 
+def _non_finite(batch: dict[str, Any]) -> bool:
+    return any(
+        _non_finite(v) if isinstance(v, dict) else (torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all()))
+        for v in batch.values()
+    )
+
+
+def divergence(method: Trainable, batch: dict[str, Any], loss: float, step: int) -> str:
+    """Why the loss of ``step`` is not finite, as far as can be told: the data, or the optimisation.
+    (Weights read from a checkpoint or a pretrained run are refused when not finite, so NaN weights
+    here were made by this training.)"""
+    if _non_finite(batch):
+        return f"the training batch of step {step} holds NaN or Inf values (loss {loss}): the cache is damaged; prepare it again"
+    bad = next((name for name, p in method.named_parameters() if not bool(torch.isfinite(p).all())), None)
+    where = f" (weights such as {bad} became NaN/Inf)" if bad else ""
+    return f"training diverged: loss is {loss} at step {step}{where}; lower train.lr or set train.grad_clip"
+
+
 def fit(method: Trainable, ctx: TrainContext, resume: bool = False) -> int:
     """Train ``method`` for ``ctx.total_steps`` steps in ``ctx.run_dir``; returns the last step.
 
@@ -132,25 +182,34 @@ def fit(method: Trainable, ctx: TrainContext, resume: bool = False) -> int:
     """
     cfg = method.config["train"]
     info, device, total = ctx.info, ctx.device, ctx.total_steps
+    method.to(device)
+    optimizer, scheduler = build_optimization(method, total)
+    params = method.trainable_parameters()
+    autocast, scaler = autocast_for(cfg.get("precision", "auto"), device)
+    restored = None
+    if resume:
+        # everything is checked before the run folder changes: a damaged checkpoint leaves it as it was
+        ckpt = latest(ctx.run_dir)
+        if ckpt is not None:
+            weights = load_model_state(ckpt.folder)
+            check_state_dict(method, weights, ckpt.folder)
+            restored = (ckpt, weights, read_training_state(ckpt, optimizer, scheduler))
+        if info.main:
+            for stale in remove_stale(ctx.run_dir):
+                log_line(f"removed {stale.name}, left by an interrupted write")
     clock = None
-    if info.main:  # from the start: a method's set-up (e.g. feature extraction) is part of its cost
+    if info.main:  # before the set-up: a method's set-up (e.g. feature extraction) is part of its cost
         cuda = torch.version.cuda if device.type == "cuda" else None
         clock = WallClock(ctx.run_dir / TIMING_FILE, "train", device=str(device), processes=info.world, torch=torch.__version__, cuda=cuda)
-    method.to(device)
     method.setup(ctx)
-    params = method.trainable_parameters()
-    optimizer = build_optimizer(cfg, params)
-    scheduler = build_lr_schedule(cfg, optimizer, total)
-    autocast, scaler = autocast_for(cfg.get("precision", "auto"), device)
     start = 0
-    if resume:
-        folder = latest_checkpoint(ctx.run_dir)
-        if folder is not None:
-            fit_state_dict(method, {k: v.to(device) for k, v in load_model_state(folder).items()}, folder)
-            start = load_training_state(folder, optimizer, scheduler)
-            scaler_state = read_checkpoint_meta(folder).get("grad_scaler")
-            if scaler is not None and isinstance(scaler_state, dict):
-                scaler.load_state_dict(scaler_state)
+    if restored is not None:
+        ckpt, weights, training = restored
+        fit_state_dict(method, {k: v.to(device) for k, v in weights.items()}, ckpt.folder)
+        start = apply_training_state(training, optimizer, scheduler, ckpt.folder)
+        scaler_state = ckpt.meta.get("grad_scaler")
+        if scaler is not None and isinstance(scaler_state, dict):
+            scaler.load_state_dict(scaler_state)
     ctx.start_step, ctx.resumed = start, resume
     if clock is not None:
         clock.tick(first_step=start, last_step=start)
@@ -187,9 +246,7 @@ def fit(method: Trainable, ctx: TrainContext, resume: bool = False) -> int:
             with autocast:
                 loss, logs = model(batch, step)
             if not torch.isfinite(loss):
-                raise SemisegInputError(
-                    ctx.run_dir, f"training diverged: loss is {loss.item()} at step {step}; lower train.lr"
-                )
+                raise SemisegInputError(ctx.run_dir, divergence(method, batch, float(loss.detach()), step))
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

@@ -102,7 +102,10 @@ class DataPlan:
             raise SemisegInputError(source, "plan.negatives must be a list of strings")
         plan = cls(int(obj["dims"]), tuple(obj["labelled"]), tuple(obj["unlabelled_cases"]), tuple(obj["test"]), transductive, tuple(negatives))
         if plan.dims == 2:
-            plan.labelled_slices()  # every item parses
+            try:
+                plan.labelled_slices()  # every item parses
+            except SemisegInputError as exc:
+                raise SemisegInputError(source, f"plan: {exc.problem}") from None
         return plan
 
 

@@ -1,0 +1,127 @@
+"""The semi-supervised building blocks: batched MC dropout, the strong view, the boundary-weighted
+bank, the class-count-independent reliability split, the votes, and exact resume of embedmatch
+with weak/strong views."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import TINY, TINY_NET, data_info
+from semiseg.config import load_config
+from semiseg.data.labels import BINARY, BRATS2021
+from semiseg.methods.embedmatch import EmbedMatch
+from semiseg.models.unet import SegUNet
+from semiseg.training.augment import StrongAugmenter
+
+
+def test_mc_predict_equals_separate_passes_without_dropout_and_varies_with_it():
+    torch.manual_seed(0)
+    net = SegUNet(3, 1, 3, (4, 4, 4, 4, 4, 4), dropout=0.0).eval()
+    x = torch.randn(2, 1, 32, 32, 32)
+    mean, emb = net.mc_predict(x, 4)
+    logits, emb2 = net.forward_features(x)
+    assert torch.allclose(mean, torch.softmax(logits, 1), atol=1e-6) and torch.allclose(emb, emb2)
+    net = SegUNet(3, 1, 3, (4, 4, 4, 4, 4, 4), dropout=0.5, dropout_at=("bottleneck", "up", "head")).eval()
+    one, _ = net.mc_predict(x, 1)
+    many, _ = net.mc_predict(x, 8)
+    assert torch.allclose(one, torch.softmax(net(x), 1), atol=1e-6)  # 1 pass: deterministic
+    assert not torch.allclose(one, many)
+    assert not any(m.training for m in net.modules())  # dropout switched off again
+    with pytest.raises(ValueError):
+        SegUNet(3, 1, 3, (4, 4, 4, 4, 4, 4), dropout_at=("encoder",))
+
+
+def test_strong_view_is_seeded_intensity_only():
+    aug = StrongAugmenter({"prob": 1.0, "gamma": [0.5, 2.0], "scale": 0.2, "noise_std": 0.1, "cutout": 1, "cutout_size": 4, "cutout_prob": 1.0}, 3)
+    x = torch.rand(2, 1, 12, 12, 12)
+    a, b, c = aug(x, 3), aug(x, 3), aug(x, 4)
+    assert type(a) is torch.Tensor and a.shape == x.shape
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not StrongAugmenter({"prob": 0.0}, 3).enabled
+
+
+def _method(scheme=BINARY, extra=()):
+    cfg = load_config(EmbedMatch.config_files, "small", overrides=["network.features=[8,8,8,8,8,4]", "dims=2", *extra])
+    return EmbedMatch(cfg, data_info(scheme=scheme, slice_size=16))
+
+
+def test_boundary_mask_and_boundary_share_of_the_bank():
+    m = _method(extra=["matching.bank_per_class=64", "matching.boundary_fraction=1.0"])
+    lab = torch.zeros(1, 8, 8, dtype=torch.long)
+    lab[0, 2:6, 2:6] = 1
+    edge = m.boundary_mask(lab)
+    assert edge[0, 2, 2] and edge[0, 1, 2] and not edge[0, 4, 4] and not edge[0, 0, 7]
+    emb = torch.zeros(64, 4)
+    emb[:, 0] = edge.reshape(-1).float()  # boundary voxels are marked in the first channel
+    m.enqueue(emb, lab.reshape(-1), edge.reshape(-1))
+    assert m.bank_filled.tolist() == [8, 8]
+    assert bool((m.bank[:, :8, 0] == 1).all())  # every pick came from the boundary
+    assert m.class_counts.tolist() == [48, 16]
+
+
+def test_votes_prior_and_fused():
+    m = _method(extra=["matching.bank_per_class=8", "matching.k=4"])
+    a, b = torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 1.0, 0, 0])
+    m.enqueue(torch.stack([a] * 9 + [b]), torch.tensor([0] * 9 + [1]))  # prior 0.9 / 0.1
+    q = torch.nn.functional.normalize(torch.stack([a + b]), dim=1)  # equally close to both classes
+    # bank holds one reference per class: the top-4 draws the same similarity from each
+    votes, _ = m.match(q, torch.tensor([[0.2, 0.8]]))
+    assert votes["prior"].tolist() == [0]
+    assert votes["fused"].tolist() == [1]
+
+
+def test_reliability_does_not_depend_on_the_class_count():
+    """A 50/50 voxel is unreliable for both measures, with 2 classes and with 4."""
+    for scheme in (BINARY, BRATS2021):
+        c = scheme.num_classes
+        for measure, thr in (("confidence", 0.9), ("entropy", 0.75)):
+            m = _method(scheme, [f"uncertainty.measure={measure}", f"uncertainty.threshold={thr}", "network.dropout=0.0"])
+            head = m.teacher.module.final_conv
+            with torch.no_grad():
+                head.weight.zero_()
+                head.bias.copy_(torch.tensor([0.0, 0.0] + [-30.0] * (c - 2)))  # every voxel 50/50 between two classes
+            _, _, diag = m.pseudo_labels(torch.randn(1, 1, 32, 32), None)
+            assert diag["reliable"] == 0.0, (scheme.name, measure)
+
+
+def test_embedmatch_resume_with_views_is_exact(tiny_cache: Path, tmp_path: Path, monkeypatch):
+    """A run interrupted after its step-2 checkpoint and resumed ends with the weights, bank and
+    teacher of an uninterrupted run: all randomness (views, MC dropout, bank picks, query subset)
+    comes from the step seed and the state lives in buffers."""
+    from semiseg.runs import train
+    from semiseg.training.checkpoint import latest_checkpoint, load_model_state
+
+    over = TINY + TINY_NET + ["dims=2", "teacher.warmup=0.25", "teacher.policy=ema", "unlabelled.weak=true",
+                              "unlabelled.strong.prob=1.0", "unlabelled.strong.cutout=1", "unlabelled.strong.cutout_prob=1.0",
+                              "matching.max_queries=50", "matching.boundary_fraction=0.5", "uncertainty.passes=2"]
+    train(tiny_cache, "embedmatch", tmp_path / "straight", preset="small", n_labelled=3, seed=0, overrides=over)
+
+    original = EmbedMatch.after_optimizer_step
+
+    def crash(self, step):
+        original(self, step)
+        if step == 2:  # after the step-2 checkpoint, before the next one
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(EmbedMatch, "after_optimizer_step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cache, "embedmatch", tmp_path / "split", preset="small", n_labelled=3, seed=0, overrides=over)
+    monkeypatch.setattr(EmbedMatch, "after_optimizer_step", original)
+    train(tiny_cache, "embedmatch", tmp_path / "split", preset="small", n_labelled=3, seed=0, overrides=over, resume=True)
+    a = load_model_state(latest_checkpoint(tmp_path / "straight"))
+    b = load_model_state(latest_checkpoint(tmp_path / "split"))
+    assert a.keys() == b.keys() and any("bank" in k for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_cutmix_boxes_mix_images_and_targets_alike():
+    m = _method(extra=["unlabelled.cutmix=1.0"])
+    torch.manual_seed(0)
+    x = torch.arange(2.0).reshape(2, 1, 1, 1).expand(2, 1, 16, 16).clone()
+    box = m.cutmix_mask(x)
+    assert box is not None and 0 < box.float().mean() < 1
+    labels = torch.arange(2).reshape(2, 1, 1).expand(2, 16, 16)
+    assert torch.equal(m.mix(box, x)[:, 0], m.mix(box, labels).float())  # image and target swap the same voxels
+    assert _method(extra=["unlabelled.cutmix=0.0"]).cutmix_mask(x) is None  # off
