@@ -39,12 +39,13 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
 
 from semiseg.errors import SemisegInputError
-from semiseg.files import check_output, read_json, write_json
+from semiseg.files import check_output, read_json, removed_on_failure, write_json
 from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache
 from semiseg.progress import log, progress_bar, set_enabled
@@ -445,8 +446,19 @@ class SweepOutcome:
     unfinished: list[RunKey]
 
 
-def sweep_study(study: Study, *, workers: int | None = None, gpus: Sequence[str] | None = None, threads: int | None = None,
-                keep_going: bool = False, shard: tuple[int, int] | None = None) -> SweepOutcome:
+def sweep_study(study: Study, **options: Any) -> SweepOutcome:
+    """:func:`run_study` on a checked output folder; a failed first sweep leaves only what a rerun
+    continues from (a prepared cache, runs with checkpoints), not a half-written study folder."""
+    from semiseg.runs.train import has_progress
+
+    out = Path(study.out)
+    check_output(out, "folder")
+    with removed_on_failure(out, keep=has_progress):
+        return run_study(study, **options)
+
+
+def run_study(study: Study, *, workers: int | None = None, gpus: Sequence[str] | None = None, threads: int | None = None,
+              keep_going: bool = False, shard: tuple[int, int] | None = None) -> SweepOutcome:
     """Set up the study and run its runs (shard ``i/n`` of them): here one after another, or in a
     pool of ``workers`` processes, pinned to ``gpus`` (one each, round robin) and to ``threads``
     torch threads (default: the cores shared out). Runs other processes hold are waited for. Then,

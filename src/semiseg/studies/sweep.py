@@ -43,7 +43,7 @@ import numpy as np
 
 from semiseg.config import read_yaml_file
 from semiseg.errors import SemisegInputError
-from semiseg.files import atomic_path, check_output, read_csv, removed_on_failure, write_csv, write_json
+from semiseg.files import atomic_path, read_csv, write_csv, write_json
 from semiseg.methods.base import METHODS, get_method
 from semiseg.preprocess.cache import Cache
 from semiseg.progress import log, progress_bar
@@ -469,18 +469,13 @@ def run_sweep(study: Study, **options: Any) -> Path | None:
     """Run (or finish) a study; returns the path of its report (None when runs of other shards or
     processes are still unfinished). ``options`` are those of
     :func:`semiseg.studies.execution.sweep_study` (workers, gpus, threads, keep_going, shard)."""
-    from semiseg.runs.train import has_progress
     from semiseg.studies.execution import sweep_study
 
-    out = Path(study.out)
-    check_output(out, "folder")
     if study.cache:
         cache = Cache(study.cache)
         if len(cache.ids("test")) == 0:
             raise SemisegInputError(cache.root, "has no test patients; prepare it with --test-fraction above 0")
-    # a failed first sweep keeps what a rerun continues from (a prepared cache, runs with checkpoints)
-    with removed_on_failure(out, keep=has_progress):
-        return sweep_study(study, **options).report
+    return sweep_study(study, **options).report
 
 
 def collect_results(out: str | PathLike, jobs: list[tuple[str, int, int]], upper: list[tuple[str, int, int]] = ()) -> list[dict]:
