@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from semiseg.errors import SemisegInputError
-from semiseg.files import os_problem
+from semiseg.files import read_text
 
 #: kinds of value a setting may have beyond those the presets show: one null in every preset, an
 #: angle the presets happen to give in whole degrees, and a count the presets leave at "auto"
@@ -81,15 +81,7 @@ def load_yaml(text: str, source: str | PathLike | None) -> Any:
 
 def read_yaml_file(path: str | PathLike, what: str = "file") -> Any:
     """Read and parse a YAML file; a missing or unreadable file is a one-line error naming it."""
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise SemisegInputError(path, f"{what} not found") from None
-    except OSError as exc:
-        raise SemisegInputError(path, f"{what} cannot be read: {os_problem(exc)}") from None
-    except UnicodeDecodeError as exc:
-        raise SemisegInputError(path, f"{what} cannot be read ({exc})") from None
-    return load_yaml(text, path)
+    return load_yaml(read_text(path, what), path)
 
 
 def _read_yaml(path: Path | str, text: str | None = None) -> dict[str, Any]:

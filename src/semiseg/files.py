@@ -256,6 +256,19 @@ def read_csv(path: str | os.PathLike, fields: list[str] | tuple[str, ...] = ()) 
     return rows
 
 
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A text file's content; missing, unreadable or undecodable is a one-line error naming the
+    file (``what``: its role in the message)."""
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        raise SemisegInputError(path, f"{what} not found") from None
+    except OSError as exc:
+        raise SemisegInputError(path, f"{what} cannot be read: {os_problem(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise SemisegInputError(path, f"{what} cannot be read ({exc})") from None
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file", kind: type = dict) -> Any:
     """Parse a JSON file that must hold a ``kind`` (dict by default).
 
@@ -263,14 +276,7 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", kind: type = dic
     the file and says which of these it is; ``what`` names the file's role in that message.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SemisegInputError(path, f"{what} not found") from None
-    except OSError as exc:
-        raise SemisegInputError(path, f"{what} cannot be read: {os_problem(exc)}") from None
-    except UnicodeDecodeError as exc:
-        raise SemisegInputError(path, f"{what} cannot be read ({exc})") from None
+    text = read_text(path, what)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
