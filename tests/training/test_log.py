@@ -1,6 +1,7 @@
 """Wall time over sessions: every process that works on a run (or a study) keeps its own session in
 timing.json, a killed one up to its last tick; a damaged file is one clear error."""
 
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,26 @@ def test_sessions_of_several_processes_are_all_kept(tmp_path: Path):
     assert total_seconds(path) == pytest.approx(sum(s["seconds"] for s in sessions))
     assert total_seconds(path, "train") == sessions[0]["seconds"]
     assert read_timing(tmp_path / "absent.json") == [] and total_seconds(tmp_path / "absent.json") == 0.0
+
+
+def _tick_often(path: Path) -> None:
+    clock = WallClock(path, "train")
+    for step in range(20):
+        clock.tick(last_step=step)
+
+
+def test_processes_ticking_at_once_lose_no_session(tmp_path: Path):
+    # sweeps with --workers or several processes on one study all tick the study's timing.json
+    path = tmp_path / "timing.json"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_tick_often, args=(path,)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 4
+    sessions = read_timing(path)
+    assert len(sessions) == 4 and all(s["last_step"] == 19 for s in sessions)
 
 
 @pytest.mark.parametrize("text", ["{not json", '{"sessions": [{"stage": "train"}]}', '{"sessions": 3}'])

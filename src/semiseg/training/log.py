@@ -14,6 +14,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from semiseg.errors import SemisegInputError
 from semiseg.files import atomic_path, read_json, write_error, write_json, write_text
 
@@ -113,8 +115,8 @@ class WallClock:
 
     Each process adds one session (``stage``: "train", "test", "sweep"; when it started, on which
     host, and ``details`` such as the device and the first step) and rewrites it at every
-    :meth:`tick` (atomically, re-reading the file so that sessions of other processes working on the
-    same study are kept), so a session killed midway keeps its time up to its last tick and a resumed
+    :meth:`tick` (atomically, re-reading the file under a file lock so that sessions of other
+    processes working on the same study are kept), so a session killed midway keeps its time up to its last tick and a resumed
     run's time is the sum of its interrupted and resumed parts (:func:`total_seconds`).
     """
 
@@ -130,13 +132,15 @@ class WallClock:
         """Record the time so far (and ``updates``, e.g. the last step reached)."""
         self.session["seconds"] = round(time.perf_counter() - self.t0, 3)
         self.session.update(updates)
-        sessions = read_timing(self.path)
-        ids = [s.get("id") for s in sessions]
-        if self.session["id"] in ids:
-            sessions[ids.index(self.session["id"])] = self.session
-        else:
-            sessions.append(self.session)
-        write_json(self.path, {"sessions": sessions})
+        # read-modify-write: without the lock two processes that read at once each drop the other's session
+        with FileLock(self.path.with_name(f".{self.path.name}.lock")):
+            sessions = read_timing(self.path)
+            ids = [s.get("id") for s in sessions]
+            if self.session["id"] in ids:
+                sessions[ids.index(self.session["id"])] = self.session
+            else:
+                sessions.append(self.session)
+            write_json(self.path, {"sessions": sessions})
 
 
 def read_timing(path: str | PathLike) -> list[dict[str, Any]]:
