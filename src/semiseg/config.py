@@ -236,6 +236,22 @@ def _accepts(kinds: frozenset[str], value: Any) -> tuple[bool, Any]:
     return False, value
 
 
+#: settings added after run records were first written, and the value that reproduces what the code
+#: did before each existed (speed paths off, fp32, batches built in the training process): a record
+#: lacking one of these loads with this value; lacking any other setting it is refused
+BEFORE_SETTING: dict[str, Any] = {
+    "train.fused": False,
+    "train.precision": "fp32",
+    "train.workers": 0,
+    "train.prefetch": 2,
+    "model.fast_attention": False,
+    "model.channels_last": False,
+    "diffusion.prediction": "epsilon",
+    "diffusion.loss_weighting": "uniform",
+    "diffusion.min_snr_gamma": 5.0,
+}
+
+
 def check_settings(
     cfg: dict[str, Any], reference: dict[str, Any], source: str | PathLike | None, prefix: str = "", complete: bool = False
 ) -> dict[str, Any]:
@@ -264,14 +280,16 @@ def check_settings(
             wanted = " or ".join(KIND_NAMES.get(k, k) for k in sorted(kinds))
             raise SemisegInputError(source, f"setting {path!r} must be {wanted}, got {value!r:.60}")
     if complete:
-        for key, ref in reference.items():
+        for key in reference:
             if key in cfg:
                 continue
-            if isinstance(ref, dict):
+            # a setting added after the record was written: records of earlier versions keep loading
+            # only where the value the code had before the setting existed is known; any other
+            # default could change what a resumed or reloaded run does
+            path = (prefix + key).removeprefix("ddpm.")
+            if path not in BEFORE_SETTING:
                 raise SemisegInputError(source, f"lacks the setting {prefix + key!r}")
-            # a setting added after the record was written: its shipped default is what the code
-            # did before the setting existed, so records of earlier versions keep loading
-            out[key] = copy.deepcopy(ref)
+            out[key] = copy.deepcopy(BEFORE_SETTING[path])
     return out
 
 

@@ -48,9 +48,23 @@ def test_record_that_is_not_an_object(tmp_path: Path):
         read_run_record(tmp_path)
 
 
-def test_record_of_an_earlier_version_gets_later_settings_defaults(tmp_path: Path):
-    """A run written before a setting existed (here train.fused) loads with its shipped default."""
+def test_record_of_an_earlier_version_loads_with_what_the_code_did_then(tmp_path: Path):
+    """A run written before a speed setting existed (train.fused) loads with the value that
+    reproduces the code of then (unfused Adam), not today's default."""
     obj = record().to_json()
     del obj["config"]["train"]["fused"]
     (tmp_path / CONFIG).write_text(json.dumps(obj))
-    assert read_run_record(tmp_path).config["train"]["fused"] is True
+    assert read_run_record(tmp_path).config["train"]["fused"] is False
+
+
+@pytest.mark.parametrize("drop", [("train", "lr"), ("unlabelled",), ("augment", "gamma")])
+def test_record_lacking_a_setting_that_changes_results_is_refused(tmp_path: Path, drop: tuple[str, ...]):
+    """Filling such a setting with today's default would silently change a resumed run."""
+    obj = record().to_json()
+    block = obj["config"]
+    for key in drop[:-1]:
+        block = block[key]
+    del block[drop[-1]]
+    (tmp_path / CONFIG).write_text(json.dumps(obj))
+    with pytest.raises(SemisegInputError, match=f"lacks the setting '{'.'.join(drop)}'"):
+        read_run_record(tmp_path)
