@@ -125,3 +125,18 @@ def test_cutmix_boxes_mix_images_and_targets_alike():
     labels = torch.arange(2).reshape(2, 1, 1).expand(2, 16, 16)
     assert torch.equal(m.mix(box, x)[:, 0], m.mix(box, labels).float())  # image and target swap the same voxels
     assert _method(extra=["unlabelled.cutmix=0.0"]).cutmix_mask(x) is None  # off
+
+
+def test_class_quantile_keeps_the_same_share_of_every_predicted_class():
+    """Background confident everywhere, the structure less so: a batch-wide quantile leaves the
+    structure to matching, a per-class quantile keeps its most confident voxels reliable too."""
+    fg = torch.zeros(1, 20, 20, dtype=torch.bool)
+    fg[0, 5:15, 5:15] = True  # 100 of 400 voxels
+    p_fg = torch.where(fg, 0.6 + 0.3 * torch.rand(1, 20, 20), 0.01 * torch.rand(1, 20, 20))
+    mean = torch.stack([1 - p_fg, p_fg], 1)
+    share = {}
+    for measure in ("quantile", "class_quantile"):
+        rel = _method(extra=[f"uncertainty.measure={measure}", "uncertainty.threshold=0.7"]).reliable(mean)
+        share[measure] = float(rel[fg].float().mean()), float(rel[~fg].float().mean())
+    assert share["quantile"][0] < 0.1 and share["quantile"][1] > 0.9
+    assert share["class_quantile"][0] == pytest.approx(0.7, abs=0.05) and share["class_quantile"][1] == pytest.approx(0.7, abs=0.05)

@@ -46,7 +46,13 @@ VOTES = ("knn", "prior", "fused")
 DIAGNOSTIC_KEYS = ("reliable", "matched", "acc_reliable", "acc_matched", "acc_teacher_on_matched", "acc_teacher", "fg_matched", "dice_teacher") + tuple(
     f"acc_{v}_on_matched" for v in VOTES
 )
-MEASURES = ("confidence", "quantile", "entropy")
+MEASURES = ("confidence", "quantile", "class_quantile", "entropy")
+
+
+def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """The q-quantile of ``values`` from at most ~100,000 of them (torch.quantile's input limit)."""
+    flat = values.reshape(-1)
+    return torch.quantile(flat[:: max(flat.numel() // 100_000, 1)], q)
 
 
 def flat_voxels(t: torch.Tensor) -> torch.Tensor:
@@ -169,6 +175,26 @@ class EmbedMatch(SegmentationMethod):
         return labels, sims
 
     # ---- training step ---------------------------------------------------------------------
+    def reliable(self, mean: torch.Tensor) -> torch.Tensor:
+        """Which voxels' teacher label is a pseudo-label: (B, C, *S) mean probabilities -> (B, *S)."""
+        cfg_u = self.config["uncertainty"]
+        teacher_label = mean.argmax(1)
+        confidence = mean.max(1).values
+        if cfg_u["measure"] == "confidence":  # max probability: its meaning does not depend on the class count
+            reliable = confidence >= float(cfg_u["threshold"])
+        elif cfg_u["measure"] == "quantile":  # the `threshold` most confident share of the batch's voxels
+            reliable = confidence >= _quantile(confidence, 1.0 - float(cfg_u["threshold"]))
+        elif cfg_u["measure"] == "class_quantile":
+            # the same share within each predicted class: a batch-wide share is mostly background where
+            # the structure is small, so the structure's voxels would fall to matching disproportionately
+            reliable = torch.zeros_like(teacher_label, dtype=torch.bool)
+            for c in teacher_label.unique():
+                is_c = teacher_label == c
+                reliable |= is_c & (confidence >= _quantile(confidence[is_c], 1.0 - float(cfg_u["threshold"])))
+        else:  # predictive entropy in units of ln 2 (1 = a 50/50 voxel, whatever the class count)
+            reliable = entropy(mean, normalise=False) / math.log(2) < float(cfg_u["threshold"])
+        return reliable
+
     @torch.no_grad()
     def pseudo_labels(self, u: torch.Tensor, gt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """Pseudo-labels (B, *S) and per-voxel loss weights (B, *S) for unlabelled images ``u``."""
@@ -177,14 +203,7 @@ class EmbedMatch(SegmentationMethod):
         teacher.eval()
         mean, emb = teacher.mc_predict(u, int(cfg_u["passes"]))
         teacher_label = mean.argmax(1)
-        confidence = mean.max(1).values
-        if cfg_u["measure"] == "confidence":  # max probability: its meaning does not depend on the class count
-            reliable = confidence >= float(cfg_u["threshold"])
-        elif cfg_u["measure"] == "quantile":  # the `threshold` most confident share of the batch's voxels
-            cut = torch.quantile(confidence.reshape(-1)[:: max(confidence.numel() // 100_000, 1)], 1.0 - float(cfg_u["threshold"]))
-            reliable = confidence >= cut
-        else:  # predictive entropy in units of ln 2 (1 = a 50/50 voxel, whatever the class count)
-            reliable = entropy(mean, normalise=False) / math.log(2) < float(cfg_u["threshold"])
+        reliable = self.reliable(mean)
         pseudo = torch.where(reliable, teacher_label, torch.full_like(teacher_label, IGNORE))
         weights = reliable.float()
         matched = torch.zeros_like(reliable)
