@@ -1,6 +1,7 @@
 """Batches come from a DataLoader whose worker processes build exactly the batches the training
 process would, so workers change speed, never results; precision is a setting."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,11 @@ def test_training_with_workers_and_half_precision(tiny_cache: Path, tmp_path: Pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     scaler = read_checkpoint_meta(latest_checkpoint(runs["fp16"]))["grad_scaler"]
     assert scaler["scale"] > 0 and "_growth_tracker" in scaler
+    train(tiny_cache, "supervised", runs["fp16"], resume=True)  # restores the scaler's state
+    meta_file = latest_checkpoint(runs["fp16"]) / "checkpoint.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "grad_scaler": {**scaler, "scale": 0.0}}))
+    with pytest.raises(SemisegInputError, match="checkpoint.json: checkpoint metadata's 'grad_scaler' must be an object with a finite positive 'scale'"):
+        train(tiny_cache, "supervised", runs["fp16"], resume=True)
     rows = read_log(runs["fp16"] / "train_log.csv")
     assert all(np.isfinite(r["loss"]) and 0.0 <= r["data_wait_share"] <= 1.0 for r in rows)
     with pytest.raises(SemisegInputError, match="train.precision must be one of auto, bf16, fp16, fp32, got 'fp8'"):

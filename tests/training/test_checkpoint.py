@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -6,11 +7,15 @@ from torch import nn
 
 from semiseg.errors import SemisegInputError
 from semiseg.training.checkpoint import (
+    META,
+    apply_training_state,
     fit_state_dict,
     latest_checkpoint,
     load_model_state,
     load_training_state,
+    read_checkpoint,
     read_checkpoint_meta,
+    read_training_state,
     save_checkpoint,
 )
 
@@ -91,3 +96,38 @@ def test_resumed_adam_matches_uninterrupted_with_channels_last_weights(tmp_path:
     for i in range(3, 6):
         step(resumed, opt2, i)
     assert torch.equal(net.weight, resumed.weight)
+
+
+def scaled_checkpoint(tmp_path: Path) -> tuple[Path, dict]:
+    """A checkpoint of an fp16-style run: its gradient scaler's state, after a few updates, in checkpoint.json."""
+    model = Tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1)
+    for _ in range(2):
+        opt.zero_grad()
+        scaler.scale(model.conv(torch.randn(2, 3, 5, 5)).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+    return save_checkpoint(tmp_path, 2, model, opt, meta={"grad_scaler": scaler.state_dict()}), scaler.state_dict()
+
+
+def test_grad_scaler_state_is_restored(tmp_path: Path):
+    folder, saved = scaled_checkpoint(tmp_path)
+    opt = torch.optim.AdamW(Tiny().parameters(), lr=1e-3)
+    training = read_training_state(read_checkpoint(folder), opt, None)
+    assert training.grad_scaler == saved
+    scaler = torch.amp.GradScaler("cpu")
+    assert apply_training_state(training, opt, None, folder, scaler) == 2
+    assert scaler.state_dict() == saved and scaler.get_scale() == 4096.0
+
+
+@pytest.mark.parametrize("damage", [{"scale": -1.0}, {"scale": "big"}, {"scale": float("inf")}, [], {"scale": 8.0, "growth_factor": None}])
+def test_damaged_grad_scaler_state_is_one_line(tmp_path: Path, damage):
+    folder, saved = scaled_checkpoint(tmp_path)
+    meta = json.loads((folder / META).read_text())
+    meta["grad_scaler"] = {**saved, **damage} if isinstance(damage, dict) else damage
+    (folder / META).write_text(json.dumps(meta))
+    opt = torch.optim.AdamW(Tiny().parameters(), lr=1e-3)
+    with pytest.raises(SemisegInputError, match=r"checkpoint\.json: checkpoint metadata's 'grad_scaler' .*the checkpoint is damaged") as info:
+        read_training_state(read_checkpoint(folder), opt, None)
+    assert "\n" not in str(info.value)

@@ -213,10 +213,7 @@ def fit(method: Trainable, ctx: TrainContext, resume: bool = False) -> int:
     if restored is not None:
         ckpt, weights, training = restored
         fit_state_dict(method, {k: v.to(device) for k, v in weights.items()}, ckpt.folder)
-        start = apply_training_state(training, optimizer, scheduler, ckpt.folder)
-        scaler_state = ckpt.meta.get("grad_scaler")
-        if scaler is not None and isinstance(scaler_state, dict):
-            scaler.load_state_dict(scaler_state)
+        start = apply_training_state(training, optimizer, scheduler, ckpt.folder, scaler)
     ctx.start_step, ctx.resumed = start, resume
     if clock is not None:
         clock.tick(first_step=start, last_step=start)
