@@ -150,12 +150,6 @@ def log_event(out: str | PathLike, message: str) -> None:
     log(message)
 
 
-def read_events(out: str | PathLike) -> list[str]:
-    """The lines of OUT/sweep.log (empty if there is none)."""
-    path = Path(out) / SWEEP_LOG
-    return path.read_text().splitlines() if path.exists() else []
-
-
 # -- failure records -----------------------------------------------------------------------------
 
 
@@ -361,9 +355,6 @@ def failure_error(failure: Failure) -> Exception:
     if failure.user_error:
         return SemisegInputError(None, f"{failure.run} failed: {failure.error}")
     return RunFailedError(f"{failure.run} failed on {failure.host} (pid {failure.pid}):\n{failure.traceback}")
-
-
-# -- running many runs -----------------------------------------------------------------------------
 
 
 # -- guided selection and external methods -------------------------------------------------------
