@@ -15,7 +15,7 @@ from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache
 from semiseg.runs import train
 from semiseg.training.batches import resolve_workers, step_loader
-from semiseg.training.checkpoint import latest_checkpoint, load_model_state, read_checkpoint_meta
+from semiseg.training.checkpoint import latest_checkpoint, load_model_state, read_checkpoint
 from semiseg.training.context import TrainContext
 from semiseg.training.distributed import DistInfo
 from semiseg.training.log import read_log
@@ -72,7 +72,7 @@ def test_training_with_workers_and_half_precision(tiny_cache: Path, tmp_path: Pa
         train(tiny_cache, "supervised", runs[name], preset="small", n_labelled=2, seed=3, overrides=settings + extra)
     a, b = (load_model_state(latest_checkpoint(runs[n])) for n in ("w0", "w2"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    scaler = read_checkpoint_meta(latest_checkpoint(runs["fp16"]))["grad_scaler"]
+    scaler = read_checkpoint(latest_checkpoint(runs["fp16"])).meta["grad_scaler"]
     assert scaler["scale"] > 0 and "_growth_tracker" in scaler
     train(tiny_cache, "supervised", runs["fp16"], resume=True)  # restores the scaler's state
     meta_file = latest_checkpoint(runs["fp16"]) / "checkpoint.json"

@@ -12,9 +12,7 @@ from semiseg.training.checkpoint import (
     fit_state_dict,
     latest_checkpoint,
     load_model_state,
-    load_training_state,
     read_checkpoint,
-    read_checkpoint_meta,
     read_training_state,
     save_checkpoint,
 )
@@ -36,13 +34,13 @@ def test_round_trip_with_optimizer(tmp_path: Path):
     folder = save_checkpoint(tmp_path, 7, model, opt, meta={"note": "x"})
     assert latest_checkpoint(tmp_path) == folder
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.json", "ema.safetensors", "state.safetensors", "weights.safetensors"]
-    assert read_checkpoint_meta(folder)["note"] == "x"
+    assert read_checkpoint(folder).meta["note"] == "x"
 
     other = Tiny()
     fit_state_dict(other, load_model_state(folder), folder)
     assert torch.equal(other.conv.weight, model.conv.weight) and torch.equal(other.ema.bias, model.ema.bias)
     opt2 = torch.optim.AdamW(other.parameters(), lr=1e-3)
-    assert load_training_state(folder, opt2, None) == 7
+    assert apply_training_state(read_training_state(read_checkpoint(folder), opt2, None), opt2, None, folder) == 7
     s1, s2 = opt.state_dict(), opt2.state_dict()
     assert torch.equal(s1["state"][0]["exp_avg"], s2["state"][0]["exp_avg"])
 
@@ -92,7 +90,7 @@ def test_resumed_adam_matches_uninterrupted_with_channels_last_weights(tmp_path:
     folder = save_checkpoint(tmp_path, 3, resumed, opt2)
     resumed, opt2 = build()
     resumed.load_state_dict(load_model_state(folder))
-    load_training_state(folder, opt2, None)
+    apply_training_state(read_training_state(read_checkpoint(folder), opt2, None), opt2, None, folder)
     for i in range(3, 6):
         step(resumed, opt2, i)
     assert torch.equal(net.weight, resumed.weight)

@@ -245,11 +245,6 @@ def latest_step(run_dir: str | PathLike) -> int | None:
     return None if ckpt is None else ckpt.step
 
 
-def checkpoint_step(folder: Path) -> int:
-    """The step a checkpoint folder was written at (all its records agreeing)."""
-    return read_checkpoint(folder).step
-
-
 def remove_stale(run_dir: str | PathLike) -> list[Path]:
     """Remove what interrupted writes left in a run folder: temporary files, partial checkpoint
     folders, and checkpoints other than the latest. Only for a run this process holds the lock of."""
@@ -290,11 +285,6 @@ def _check_finite(tensors: dict[str, torch.Tensor], path: Path, what: str) -> No
     for key, value in tensors.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise SemisegInputError(path, f"{what} {key} holds NaN or Inf values; the checkpoint is damaged or its training diverged")
-
-
-def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
-    """A checkpoint's checkpoint.json, validated."""
-    return read_checkpoint(folder).meta
 
 
 def load_model_state(folder: Path) -> dict[str, torch.Tensor]:
@@ -355,7 +345,7 @@ class TrainingState:
     against the run's optimizer."""
 
     step: int
-    optimizer: dict[str, Any] | None
+    optimizer: dict[str, Any]
     scheduler: dict[str, Any] | None
     rng: torch.Tensor
     cuda_rng: list[torch.Tensor]
@@ -439,9 +429,8 @@ def apply_training_state(
     """Load a checked training state into the optimizer, scheduler, RNG and (when given and the
     checkpoint has its state) gradient scaler; return its step."""
     try:
-        if training.optimizer is not None:
-            optimizer.load_state_dict(training.optimizer)
-            _match_layouts(optimizer)
+        optimizer.load_state_dict(training.optimizer)
+        _match_layouts(optimizer)
         if scheduler is not None and training.scheduler is not None:
             scheduler.load_state_dict({**scheduler.state_dict(), **training.scheduler})
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
@@ -452,13 +441,3 @@ def apply_training_state(
     if torch.cuda.is_available() and len(training.cuda_rng) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(training.cuda_rng)
     return training.step
-
-
-def load_training_state(
-    folder: Path,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-) -> int:
-    """Check, then restore, optimizer, scheduler and RNG state from a checkpoint folder; return its step."""
-    training = read_training_state(read_checkpoint(folder), optimizer, scheduler)
-    return apply_training_state(training, optimizer, scheduler, folder)
