@@ -55,11 +55,11 @@ def test_a_users_mistake_in_a_worker_stays_one_line():
 
 def test_workers_setting():
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert resolve_workers("auto", cpu, DistInfo()) == 0 and resolve_workers(3, cpu, DistInfo()) == 3
-    assert resolve_workers("auto", gpu, DistInfo()) >= 0
+    assert resolve_workers("auto", cpu) == 0 and resolve_workers(3, cpu) == 3
+    assert resolve_workers("auto", gpu) >= 0
     for bad in (-1, "many", 1.5, True):
         with pytest.raises(SemisegInputError, match="train.workers must be auto or a number"):
-            resolve_workers(bad, cpu, DistInfo())
+            resolve_workers(bad, cpu)
 
 
 def test_training_with_workers_and_half_precision(tiny_cache: Path, tmp_path: Path):

@@ -35,7 +35,7 @@ from semiseg.training.checkpoint import (
     save_checkpoint,
 )
 from semiseg.training.context import Trainable, TrainContext
-from semiseg.training.distributed import DistInfo, all_reduce_mean, barrier
+from semiseg.training.distributed import all_reduce_mean, barrier
 from semiseg.training.log import TIMING_FILE, CsvLog, WallClock, plot_loss_curve
 
 LOG_FILE = "train_log.csv"
@@ -79,7 +79,7 @@ def check_train_settings(cfg: dict[str, Any]) -> None:
     if cfg.get("schedule", "constant") not in SCHEDULES:
         raise SemisegInputError(None, f"train.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.get('schedule')!r}")
     autocast_for(cfg.get("precision", "auto"), torch.device("cpu"))
-    resolve_workers(cfg.get("workers", "auto"), torch.device("cpu"), DistInfo())
+    resolve_workers(cfg.get("workers", "auto"), torch.device("cpu"))
     if not isinstance(cfg.get("prefetch", 2), int) or isinstance(cfg.get("prefetch", 2), bool) or cfg.get("prefetch", 2) < 1:
         raise SemisegInputError(None, f"train.prefetch must be a positive number of batches, got {cfg.get('prefetch')!r}")
 
@@ -225,7 +225,7 @@ def fit(method: Trainable, ctx: TrainContext, resume: bool = False) -> int:
             find_unused_parameters=bool(getattr(method, "find_unused_parameters", False)),
         )
     maker = method.batch_maker()
-    workers = resolve_workers(cfg.get("workers", "auto"), device, info) if maker is not None else 0
+    workers = resolve_workers(cfg.get("workers", "auto"), device) if maker is not None else 0
     batches = step_loader(
         maker or method.next_batch, start, total, workers, int(cfg.get("prefetch", 2)), pin_memory=device.type == "cuda"
     )
