@@ -14,7 +14,6 @@ from typing import Any
 import semiseg
 from semiseg.files import read_json
 from semiseg.methods.base import get_method
-from semiseg.preprocess.cache import Cache
 from semiseg.runs.record import RunRecord, read_run_record
 from semiseg.training.checkpoint import latest_step
 from semiseg.training.log import TIMING_FILE, read_timing
@@ -134,7 +133,7 @@ def uses_test_images(record: RunRecord) -> bool:
     return False
 
 
-def study_provenance(study: Any, cache: Cache, jobs: list[tuple[str, int, int]], upper: list[tuple[str, int, int]], ddpm_run: Path | None) -> StudyProvenance:
+def study_provenance(study: Any, jobs: list[tuple[str, int, int]], upper: list[tuple[str, int, int]], ddpm_run: Path | None) -> StudyProvenance:
     """Gather the study's provenance from its run folders (see the module docstring)."""
     from semiseg.studies.stats import UPPER_BOUND
     from semiseg.studies.sweep import run_path

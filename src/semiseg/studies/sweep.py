@@ -526,7 +526,7 @@ def write_study_outputs(
     summary = summarise_results(results, patients)
     write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
     write_csv(out / "per_patient.csv", patient_rows(patients), PATIENT_FIELDS)
-    provenance = study_provenance(study, cache, jobs, upper, ddpm_run)
+    provenance = study_provenance(study, jobs, upper, ddpm_run)
     write_json(out / "provenance.json", provenance.to_json())
     write_summary_tex(study, summary, out / "summary.tex")
     return write_report(study, cache, summary, patients, keep, ddpm_run, provenance, missing)
