@@ -151,8 +151,6 @@ def read_timing(path: str | PathLike) -> list[dict[str, Any]]:
         return []
     sessions = read_json(path, "timing record").get("sessions", [])
     if not isinstance(sessions, list) or not all(isinstance(s, dict) and isinstance(s.get("seconds"), (int, float)) for s in sessions):
-        from semiseg.errors import SemisegInputError
-
         raise SemisegInputError(path, "timing record's 'sessions' must be a list of objects with 'seconds'")
     return sessions
 
