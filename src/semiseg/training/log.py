@@ -155,6 +155,13 @@ def read_timing(path: str | PathLike) -> list[dict[str, Any]]:
     return sessions
 
 
+def sessions_seconds(sessions: list[dict[str, Any]], stage: str | None = None) -> float | None:
+    """Wall time summed over ``sessions`` (of one ``stage`` if given); None if there are none, so
+    that a stage never run is told apart from one that took no time."""
+    parts = [s["seconds"] for s in sessions if stage is None or s.get("stage") == stage]
+    return float(sum(parts)) if parts else None
+
+
 def total_seconds(path: str | PathLike, stage: str | None = None) -> float:
-    """Wall time summed over the sessions in ``path`` (of one ``stage`` if given)."""
-    return float(sum(s["seconds"] for s in read_timing(path) if stage is None or s.get("stage") == stage))
+    """Wall time summed over the sessions in ``path`` (of one ``stage`` if given); 0 if there are none."""
+    return sessions_seconds(read_timing(path), stage) or 0.0
