@@ -134,6 +134,11 @@ def tampered_cache(env: Env, damage: Callable[[Path], None]) -> Path:
     return copy
 
 
+def no_test_patients(cache: Path) -> None:
+    """Give the cache's test patients to training, as a cache prepared with --test-fraction 0."""
+    edit_json(cache / "index.json", lambda o: [c.update(role="train") for c in o["cases"] if c["role"] == "test"])
+
+
 def hold_lock(run: Path) -> subprocess.Popen:
     """A second process that holds a run folder's lock, as a `semiseg train` on it would."""
     code = "import sys, filelock; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); sys.stdin.read()"
@@ -254,6 +259,8 @@ FAILURES: dict[str, tuple[W, list[str]]] = {
                                 ["study.yaml, settings of supervised", "train.optimizer must be one of adamw, adam, sgd, got 'adamx'"]),
     "study unknown schedule": (lambda e: (["sweep", sweep_study(e, settings={"all": ["train.schedule=linear"]})], e.tmp / "out"),
                                ["study.yaml, settings of supervised", "train.schedule must be one of constant, cosine, poly"]),
+    "study cache without test patients": (lambda e: (["sweep", sweep_study(e, cache=str(tampered_cache(e, no_test_patients)))], e.tmp / "out"),
+                                          ["cache", "has no test patients; prepare it with --test-fraction above 0"]),
     "study YAML syntax": (lambda e: (["sweep", e.study("out: [\nmethods: x\n")], e.tmp / "out"), ["study.yaml", "is not valid YAML"]),
     "study device tpu": (lambda e: (["sweep", sweep_study(e, device="tpu")], e.tmp / "out"), ["--device 'tpu'"]),
     "patient --label-count 0": (lambda e: (patient_args(e, None, "--label-count", "0"), e.tmp / "out"), ["--label-count must be at least 1, got 0"]),

@@ -485,10 +485,6 @@ def run_sweep(study: Study, **options: Any) -> Path | None:
     :func:`semiseg.studies.execution.sweep_study` (workers, gpus, threads, keep_going, shard)."""
     from semiseg.studies.execution import sweep_study
 
-    if study.cache:
-        cache = Cache(study.cache)
-        if len(cache.ids("test")) == 0:
-            raise SemisegInputError(cache.root, "has no test patients; prepare it with --test-fraction above 0")
     return sweep_study(study, **options).report
 
 
