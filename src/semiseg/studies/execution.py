@@ -45,7 +45,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from semiseg.errors import SemisegInputError
-from semiseg.files import check_output, read_json, removed_on_failure, write_json
+from semiseg.files import check_output, os_problem, read_json, removed_on_failure, write_error, write_json
 from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache
 from semiseg.progress import log, progress_bar, set_enabled
@@ -89,7 +89,7 @@ def _lock(out: str | PathLike, name: str) -> FileLock:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SemisegInputError(path.parent, f"cannot be created ({exc.strerror or exc})") from None
+        raise write_error(path.parent, exc) from None
     return FileLock(path)
 
 
@@ -110,7 +110,7 @@ def holding(out: str | PathLike, name: str, wait: bool = True, waiting: str | No
                 lock.acquire()
                 got = True
     except OSError as exc:
-        raise SemisegInputError(lock.lock_file, f"cannot be locked ({exc.strerror or exc})") from None
+        raise SemisegInputError(lock.lock_file, f"cannot be locked: {os_problem(exc)}") from None
     if not got:
         yield False
         return
@@ -146,7 +146,7 @@ def log_event(out: str | PathLike, message: str) -> None:
         with open(path, "a") as fh:
             fh.write(line)
     except OSError as exc:
-        raise SemisegInputError(path, f"cannot be written ({exc.strerror or exc})") from None
+        raise write_error(path, exc) from None
     log(message)
 
 
@@ -469,7 +469,7 @@ def run_study(study: Study, *, workers: int | None = None, gpus: Sequence[str] |
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SemisegInputError(out, f"cannot be created ({exc.strerror or exc})") from None
+        raise write_error(out, exc) from None
     write_json(out / "study.json", asdict(study))
     clock = WallClock(out / TIMING_FILE, "sweep")
     if threads:  # the set-up too: the DDPM's weights, and so the diffusion methods' results, depend on it on a CPU

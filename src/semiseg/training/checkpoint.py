@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from semiseg.errors import SemisegInputError
-from semiseg.files import atomic_dir, read_json, remove_temporaries, write_json
+from semiseg.files import atomic_dir, os_problem, read_json, remove_temporaries, write_json
 from semiseg.progress import log
 
 LATEST = "latest.json"
@@ -270,7 +270,7 @@ def weights_digest(folder: str | PathLike) -> str:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 digest.update(chunk)
     except OSError as exc:
-        raise SemisegInputError(path, f"cannot be read ({exc.strerror})") from None
+        raise SemisegInputError(path, f"cannot be read: {os_problem(exc)}") from None
     return digest.hexdigest()
 
 

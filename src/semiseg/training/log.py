@@ -17,7 +17,7 @@ from typing import Any
 from filelock import FileLock
 
 from semiseg.errors import SemisegInputError
-from semiseg.files import atomic_path, read_json, write_error, write_json, write_text
+from semiseg.files import atomic_path, os_problem, read_json, write_error, write_json, write_text
 
 TIMING_FILE = "timing.json"
 
@@ -43,8 +43,10 @@ class CsvLog:
                     reader = csv.DictReader(fh)
                     self.fields = list(reader.fieldnames or [])
                     rows = [r for r in reader if _step(r) <= resume_step and all(r.get(f) is not None for f in self.fields)]
-            except (OSError, UnicodeDecodeError, csv.Error) as exc:
-                raise SemisegInputError(self.path, f"training log cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+            except OSError as exc:
+                raise SemisegInputError(self.path, f"training log cannot be read: {os_problem(exc)}") from None
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise SemisegInputError(self.path, f"training log cannot be read ({exc})") from None
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=self.fields)
             writer.writeheader()
