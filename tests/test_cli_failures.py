@@ -134,6 +134,11 @@ def tampered_cache(env: Env, damage: Callable[[Path], None]) -> Path:
     return copy
 
 
+def no_test_patients(cache: Path) -> None:
+    """Give the cache's test patients to training, as a cache prepared with --test-fraction 0."""
+    edit_json(cache / "index.json", lambda o: [c.update(role="train") for c in o["cases"] if c["role"] == "test"])
+
+
 def hold_lock(run: Path) -> subprocess.Popen:
     """A second process that holds a run folder's lock, as a `semiseg train` on it would."""
     code = "import sys, filelock; lock = filelock.FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); sys.stdin.read()"
@@ -218,8 +223,10 @@ FAILURES: dict[str, tuple[W, list[str]]] = {
     "--set train=5": (lambda e: (train_args(e, "--set", "train=5"), e.tmp / "out"), ["--set", "'train' must be a mapping"]),
     "--set train.steps=-5": (lambda e: (train_args(e, "--set", "train.steps=-5"), e.tmp / "out"), ["train.steps must be an integer of at least 1, got -5"]),
     "--set train.batch_size=0": (lambda e: (train_args(e, "--set", "train.batch_size=0"), e.tmp / "out"), ["train.batch_size", "at least 1"]),
-    "--set optimizer unknown": (lambda e: (train_args(e, "--set", "train.optimizer=adamx"), e.tmp / "out"), ["unknown optimizer 'adamx'"]),
-    "--set schedule unknown": (lambda e: (train_args(e, "--set", "train.schedule=linear"), e.tmp / "out"), ["unknown lr schedule 'linear'"]),
+    "--set optimizer unknown": (lambda e: (train_args(e, "--set", "train.optimizer=adamx"), e.tmp / "out"),
+                                ["train.optimizer must be one of adamw, adam, sgd, got 'adamx'"]),
+    "--set schedule unknown": (lambda e: (train_args(e, "--set", "train.schedule=linear"), e.tmp / "out"),
+                               ["train.schedule must be one of constant, cosine, poly, got 'linear'"]),
     "--set network that builds nothing": (lambda e: (train_args(e, "--set", "network.features=[8,8]"), e.tmp / "out"),
                                           ["the settings do not build a supervised model"]),
     "--set unknown key": (lambda e: (train_args(e, "--set", "train.stepz=3"), e.tmp / "out"), ["--set: unknown setting 'train.stepz'"]),
@@ -247,6 +254,13 @@ FAILURES: dict[str, tuple[W, list[str]]] = {
                                            ["study.yaml", "settings for 'supervized', which is no method"]),
     "study negative steps": (lambda e: (["sweep", sweep_study(e, settings={"all": ["train.steps=-1"]})], e.tmp / "out"),
                              ["study.yaml, settings of supervised", "train.steps must be an integer of at least 1"]),
+    # refused while the study is checked, not when each of its runs builds its optimizer
+    "study unknown optimizer": (lambda e: (["sweep", sweep_study(e, settings={"all": ["train.optimizer=adamx"]})], e.tmp / "out"),
+                                ["study.yaml, settings of supervised", "train.optimizer must be one of adamw, adam, sgd, got 'adamx'"]),
+    "study unknown schedule": (lambda e: (["sweep", sweep_study(e, settings={"all": ["train.schedule=linear"]})], e.tmp / "out"),
+                               ["study.yaml, settings of supervised", "train.schedule must be one of constant, cosine, poly"]),
+    "study cache without test patients": (lambda e: (["sweep", sweep_study(e, cache=str(tampered_cache(e, no_test_patients)))], e.tmp / "out"),
+                                          ["cache", "has no test patients; prepare it with --test-fraction above 0"]),
     "study YAML syntax": (lambda e: (["sweep", e.study("out: [\nmethods: x\n")], e.tmp / "out"), ["study.yaml", "is not valid YAML"]),
     "study device tpu": (lambda e: (["sweep", sweep_study(e, device="tpu")], e.tmp / "out"), ["--device 'tpu'"]),
     "patient --label-count 0": (lambda e: (patient_args(e, None, "--label-count", "0"), e.tmp / "out"), ["--label-count must be at least 1, got 0"]),

@@ -1,6 +1,7 @@
 """Batches come from a DataLoader whose worker processes build exactly the batches the training
 process would, so workers change speed, never results; precision is a setting."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache
 from semiseg.runs import train
 from semiseg.training.batches import resolve_workers, step_loader
-from semiseg.training.checkpoint import latest_checkpoint, load_model_state, read_checkpoint_meta
+from semiseg.training.checkpoint import latest_checkpoint, load_model_state, read_checkpoint
 from semiseg.training.context import TrainContext
 from semiseg.training.distributed import DistInfo
 from semiseg.training.log import read_log
@@ -54,11 +55,11 @@ def test_a_users_mistake_in_a_worker_stays_one_line():
 
 def test_workers_setting():
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert resolve_workers("auto", cpu, DistInfo()) == 0 and resolve_workers(3, cpu, DistInfo()) == 3
-    assert resolve_workers("auto", gpu, DistInfo()) >= 0
+    assert resolve_workers("auto", cpu) == 0 and resolve_workers(3, cpu) == 3
+    assert resolve_workers("auto", gpu) >= 0
     for bad in (-1, "many", 1.5, True):
         with pytest.raises(SemisegInputError, match="train.workers must be auto or a number"):
-            resolve_workers(bad, cpu, DistInfo())
+            resolve_workers(bad, cpu)
 
 
 def test_training_with_workers_and_half_precision(tiny_cache: Path, tmp_path: Path):
@@ -71,8 +72,13 @@ def test_training_with_workers_and_half_precision(tiny_cache: Path, tmp_path: Pa
         train(tiny_cache, "supervised", runs[name], preset="small", n_labelled=2, seed=3, overrides=settings + extra)
     a, b = (load_model_state(latest_checkpoint(runs[n])) for n in ("w0", "w2"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    scaler = read_checkpoint_meta(latest_checkpoint(runs["fp16"]))["grad_scaler"]
+    scaler = read_checkpoint(latest_checkpoint(runs["fp16"])).meta["grad_scaler"]
     assert scaler["scale"] > 0 and "_growth_tracker" in scaler
+    train(tiny_cache, "supervised", runs["fp16"], resume=True)  # restores the scaler's state
+    meta_file = latest_checkpoint(runs["fp16"]) / "checkpoint.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "grad_scaler": {**scaler, "scale": 0.0}}))
+    with pytest.raises(SemisegInputError, match="checkpoint.json: checkpoint metadata's 'grad_scaler' must be an object with a finite positive 'scale'"):
+        train(tiny_cache, "supervised", runs["fp16"], resume=True)
     rows = read_log(runs["fp16"] / "train_log.csv")
     assert all(np.isfinite(r["loss"]) and 0.0 <= r["data_wait_share"] <= 1.0 for r in rows)
     with pytest.raises(SemisegInputError, match="train.precision must be one of auto, bf16, fp16, fp32, got 'fp8'"):

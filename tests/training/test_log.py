@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from semiseg.errors import SemisegInputError
-from semiseg.training.log import WallClock, read_timing, total_seconds
+from semiseg.training.log import WallClock, read_timing, sessions_seconds, total_seconds
 
 
 def test_sessions_of_several_processes_are_all_kept(tmp_path: Path):
@@ -22,6 +22,7 @@ def test_sessions_of_several_processes_are_all_kept(tmp_path: Path):
     assert total_seconds(path) == pytest.approx(sum(s["seconds"] for s in sessions))
     assert total_seconds(path, "train") == sessions[0]["seconds"]
     assert read_timing(tmp_path / "absent.json") == [] and total_seconds(tmp_path / "absent.json") == 0.0
+    assert sessions_seconds(sessions, "sweep") is None and total_seconds(path, "sweep") == 0.0  # a stage never run
 
 
 def _tick_often(path: Path) -> None:

@@ -32,7 +32,7 @@ from semiseg.runs.record import CONFIG, RunRecord, read_run_record
 from semiseg.training.checkpoint import CHECKPOINTS, META, fit_state_dict, latest, load_model_state, weights_digest
 from semiseg.training.context import TrainContext
 from semiseg.training.distributed import DistInfo, barrier, init_distributed, pick_device
-from semiseg.training.loop import build_optimization, fit
+from semiseg.training.loop import check_train_settings, fit
 from semiseg.training.plan import make_plan
 
 LOCK = ".lock"
@@ -218,7 +218,7 @@ def train(
             check_same_ddpm(record, out)
             cache = Cache(record.cache)
             method = build_method(cls, record, out / CONFIG)
-            build_optimization(method, record.total_steps)
+            check_train_settings(method.config["train"])
             _fit(method, record, cache, out, info, torch_device, resume=True)
         return out
 
@@ -228,7 +228,7 @@ def train(
         labelled_items=labelled_items, seed=seed, ddpm_run=ddpm_run, transductive=transductive, negatives=negatives,
     )
     method = build_method(cls, record, None)
-    build_optimization(method, record.total_steps)
+    check_train_settings(method.config["train"])
     created = False
     guard = removed_on_failure(out, keep=lambda p: not created or has_progress(p)) if info.main else contextlib.nullcontext()
     with guard:

@@ -45,7 +45,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from semiseg.errors import SemisegInputError
-from semiseg.files import check_output, read_json, removed_on_failure, write_json
+from semiseg.files import check_output, os_problem, read_json, removed_on_failure, write_error, write_json
 from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache
 from semiseg.progress import log, progress_bar, set_enabled
@@ -89,7 +89,7 @@ def _lock(out: str | PathLike, name: str) -> FileLock:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SemisegInputError(path.parent, f"cannot be created ({exc.strerror or exc})") from None
+        raise write_error(path.parent, exc) from None
     return FileLock(path)
 
 
@@ -110,7 +110,7 @@ def holding(out: str | PathLike, name: str, wait: bool = True, waiting: str | No
                 lock.acquire()
                 got = True
     except OSError as exc:
-        raise SemisegInputError(lock.lock_file, f"cannot be locked ({exc.strerror or exc})") from None
+        raise SemisegInputError(lock.lock_file, f"cannot be locked: {os_problem(exc)}") from None
     if not got:
         yield False
         return
@@ -146,14 +146,8 @@ def log_event(out: str | PathLike, message: str) -> None:
         with open(path, "a") as fh:
             fh.write(line)
     except OSError as exc:
-        raise SemisegInputError(path, f"cannot be written ({exc.strerror or exc})") from None
+        raise write_error(path, exc) from None
     log(message)
-
-
-def read_events(out: str | PathLike) -> list[str]:
-    """The lines of OUT/sweep.log (empty if there is none)."""
-    path = Path(out) / SWEEP_LOG
-    return path.read_text().splitlines() if path.exists() else []
 
 
 # -- failure records -----------------------------------------------------------------------------
@@ -363,9 +357,6 @@ def failure_error(failure: Failure) -> Exception:
     return RunFailedError(f"{failure.run} failed on {failure.host} (pid {failure.pid}):\n{failure.traceback}")
 
 
-# -- running many runs -----------------------------------------------------------------------------
-
-
 # -- guided selection and external methods -------------------------------------------------------
 
 
@@ -478,7 +469,7 @@ def run_study(study: Study, *, workers: int | None = None, gpus: Sequence[str] |
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SemisegInputError(out, f"cannot be created ({exc.strerror or exc})") from None
+        raise write_error(out, exc) from None
     write_json(out / "study.json", asdict(study))
     clock = WallClock(out / TIMING_FILE, "sweep")
     if threads:  # the set-up too: the DDPM's weights, and so the diffusion methods' results, depend on it on a CPU

@@ -14,10 +14,9 @@ from typing import Any
 import semiseg
 from semiseg.files import read_json
 from semiseg.methods.base import get_method
-from semiseg.preprocess.cache import Cache
 from semiseg.runs.record import RunRecord, read_run_record
 from semiseg.training.checkpoint import latest_step
-from semiseg.training.log import TIMING_FILE, read_timing
+from semiseg.training.log import TIMING_FILE, read_timing, sessions_seconds, total_seconds
 
 
 @dataclass(frozen=True)
@@ -116,13 +115,9 @@ def software() -> Software:
 
 def run_time(run: Path) -> RunTime:
     sessions = read_timing(run / TIMING_FILE)
-
-    def total(stage: str) -> float | None:
-        parts = [s["seconds"] for s in sessions if s.get("stage") == stage]
-        return float(sum(parts)) if parts else None
-
     devices = tuple(sorted({str(s["device"]) for s in sessions if s.get("device")}))
-    return RunTime(total("train"), total("test"), sum(s.get("stage") == "train" for s in sessions), devices)
+    return RunTime(sessions_seconds(sessions, "train"), sessions_seconds(sessions, "test"), sum(s.get("stage") == "train" for s in sessions),
+                   devices)
 
 
 def uses_test_images(record: RunRecord) -> bool:
@@ -134,7 +129,7 @@ def uses_test_images(record: RunRecord) -> bool:
     return False
 
 
-def study_provenance(study: Any, cache: Cache, jobs: list[tuple[str, int, int]], upper: list[tuple[str, int, int]], ddpm_run: Path | None) -> StudyProvenance:
+def study_provenance(study: Any, jobs: list[tuple[str, int, int]], upper: list[tuple[str, int, int]], ddpm_run: Path | None) -> StudyProvenance:
     """Gather the study's provenance from its run folders (see the module docstring)."""
     from semiseg.studies.stats import UPPER_BOUND
     from semiseg.studies.sweep import run_path
@@ -170,5 +165,5 @@ def study_provenance(study: Any, cache: Cache, jobs: list[tuple[str, int, int]],
                 "steps_trained": latest_step(ddpm_run), "cases": len(record.plan.unlabelled_cases),
                 "unlabelled_test_images": uses_test_images(record), "time": asdict(t)}
     compute = sum(r.time.seconds or 0.0 for r in runs) + ((ddpm or {}).get("time", {}).get("train_seconds") or 0.0)
-    sweep = sum(s["seconds"] for s in read_timing(out / TIMING_FILE) if s.get("stage") == "sweep")
+    sweep = total_seconds(out / TIMING_FILE, "sweep")
     return StudyProvenance(software(), str(pick_device(0, study.device)), asdict(study), ddpm, methods, runs, float(sweep), float(compute))

@@ -271,15 +271,14 @@ def _overlays(study: Any, cache: Cache, keep: list[tuple[str, int]], budget: int
     """Overlay figure for ``budget`` (first seed): image, ground truth, each method."""
     if not keep:
         return None
-    from semiseg.studies.sweep import OVERLAY_PREDICTIONS, run_path
+    from semiseg.studies.sweep import read_overlay_predictions, run_path
 
     seed = study.seeds[0]
     preds = {}
     for m in study.method_names():
-        f = run_path(study.out, m, budget, seed) / OVERLAY_PREDICTIONS
-        if f.exists():
-            with np.load(f, allow_pickle=False) as z:
-                preds[m] = {k.replace("@", ":"): z[k] for k in z.files}
+        kept = read_overlay_predictions(run_path(study.out, m, budget, seed))
+        if kept is not None:
+            preds[m] = kept
     channel = cache.modalities.index("flair") if "flair" in cache.modalities else 0
     rows = []
     for cid, z in keep:

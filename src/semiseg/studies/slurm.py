@@ -37,7 +37,7 @@ from submitit.core.utils import FailedJobError
 from submitit.helpers import Checkpointable, TorchDistributedEnvironment
 
 from semiseg.errors import SemisegInputError
-from semiseg.files import read_json, write_json
+from semiseg.files import read_json, write_error, write_json
 from semiseg.preprocess.cache import Cache
 from semiseg.progress import set_enabled
 from semiseg.studies.execution import (
@@ -305,7 +305,7 @@ def submit_study(study: Study, opts: SlurmOptions) -> Submission | None:
     try:
         (out / SLURM).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SemisegInputError(out / SLURM, f"cannot be created ({exc.strerror or exc})") from None
+        raise write_error(out / SLURM, exc) from None
     write_json(out / "study.json", asdict(study))
     with holding(out, "submit", waiting="waiting for another submission of this study"):
         status = slurm_status(out)

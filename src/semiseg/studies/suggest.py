@@ -15,7 +15,6 @@ Nothing is written before every number is computed, and each file is written ato
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -23,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from semiseg.errors import SemisegInputError
-from semiseg.files import atomic_path, write_csv, write_text
+from semiseg.files import atomic_path, check_output, removed_on_failure, write_csv, write_error, write_text
+from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache
 from semiseg.progress import log, progress_bar
 from semiseg.runs.record import RunRecord
@@ -122,10 +122,9 @@ def suggest(
     from semiseg.training.distributed import pick_device
 
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SemisegInputError(out, "is a file; --out must be a folder")
+    check_output(out, "folder")
     record = read_run_record(run) if run is not None else None
-    segmentation = record is not None and record.method != "ddpm"
+    segmentation = record is not None and get_method(record.method).segments
     strategy = check_strategy(strategy or DEFAULT_STRATEGY["run" if segmentation else "first"])
     if not segmentation and strategy not in COLD_START:
         what = "a DDPM run" if record is not None else "no run"
@@ -155,18 +154,16 @@ def suggest(
     maps = item_maps(method, cache, shown, dims, choice.scores.items, passes, seed)
     rows = choice.rows(cache)
     csv_path, figure, items_file = out / "suggestions.csv", out / "suggestions.png", out / "labelled_items.txt"
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
+    with removed_on_failure(out):
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_error(out, exc) from None
         # all three or none: each goes to a temporary sibling, renamed only when all are written
         with atomic_path(csv_path) as tmp_csv, atomic_path(figure) as tmp_png, atomic_path(items_file) as tmp_txt:
             write_csv(tmp_csv, rows, SUGGESTION_FIELDS)
             preview(shown, maps, rows, tmp_png, f"{strategy}: {choice.scores.features}")
             write_text(tmp_txt, ",".join(choice.next_items) + "\n")
-    except OSError as exc:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise SemisegInputError(out, f"cannot write the suggestions ({exc.strerror or exc})") from None
     return Suggestions(choice, cache.root, csv_path, figure, items_file)
 
 

@@ -344,6 +344,24 @@ def study_plan(study: Study, cache: Cache, n_labelled: int, seed: int):
     return make_plan(cache, study.dims, n_labelled, seed, transductive=study.transductive)
 
 
+def write_test_outputs(run: Path, rows: list[dict], kept: dict[str, np.ndarray]) -> None:
+    """Write a scored run's overlay predictions (``kept``, keyed "case:slice", stored with "@"
+    for ":") and then its ``test_metrics.csv``: last, because that file marks the run finished."""
+    with atomic_path(run / OVERLAY_PREDICTIONS) as tmp:
+        np.savez_compressed(tmp, **{k.replace(":", "@"): v for k, v in kept.items()})
+    write_csv(run / TEST_METRICS, rows, TEST_FIELDS)
+
+
+def read_overlay_predictions(run: Path) -> dict[str, np.ndarray] | None:
+    """The overlay predictions :func:`write_test_outputs` stored in ``run``, keyed "case:slice"
+    (None if the run has none)."""
+    path = run / OVERLAY_PREDICTIONS
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return {k.replace("@", ":"): z[k] for k in z.files}
+
+
 def score_external(study: Study, cache: Cache, method: Any, n_labelled: int, seed: int, keep: list[tuple[str, int]]) -> Path:
     """Score an external method's predictions for one budget and seed into its run folder (as
     ``test_metrics.csv`` and overlays, like a trained run); recomputed on every sweep, since the
@@ -358,10 +376,8 @@ def score_external(study: Study, cache: Cache, method: Any, n_labelled: int, see
         cache, test, study.dims, lambda cid, zs: maps[cid], study.test_slices_per_case, keep, study.postprocess, study.whole_volume
     )
     run.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run / OVERLAY_PREDICTIONS) as tmp:
-        np.savez_compressed(tmp, **{k.replace(":", "@"): v for k, v in kept.items()})
     write_json(run / "external.json", {"predictions": str(method.folder(n_labelled, seed)), "space": method.space})
-    write_csv(run / TEST_METRICS, rows, TEST_FIELDS)
+    write_test_outputs(run, rows, kept)
     return run
 
 
@@ -388,10 +404,8 @@ def run_one(study: Study, cache: Cache, method: str, n_labelled: int, seed: int,
     clock = WallClock(run / TIMING_FILE, "test", device=str(device))  # training records its own sessions
     model, _ = load_trained(run, device)
     rows, kept = evaluate_on_cache(model, cache, cache.ids("test"), study.test_slices_per_case, keep, study.postprocess, study.whole_volume)
-    with atomic_path(run / OVERLAY_PREDICTIONS) as tmp:
-        np.savez_compressed(tmp, **{k.replace(":", "@"): v for k, v in kept.items()})
-    clock.tick()
-    write_csv(run / TEST_METRICS, rows, TEST_FIELDS)
+    clock.tick()  # before test_metrics.csv marks the run finished, so a finished run's test time is recorded
+    write_test_outputs(run, rows, kept)
     return run
 
 
@@ -471,10 +485,6 @@ def run_sweep(study: Study, **options: Any) -> Path | None:
     :func:`semiseg.studies.execution.sweep_study` (workers, gpus, threads, keep_going, shard)."""
     from semiseg.studies.execution import sweep_study
 
-    if study.cache:
-        cache = Cache(study.cache)
-        if len(cache.ids("test")) == 0:
-            raise SemisegInputError(cache.root, "has no test patients; prepare it with --test-fraction above 0")
     return sweep_study(study, **options).report
 
 
@@ -526,7 +536,7 @@ def write_study_outputs(
     summary = summarise_results(results, patients)
     write_csv(out / "summary.csv", summary, SUMMARY_FIELDS)
     write_csv(out / "per_patient.csv", patient_rows(patients), PATIENT_FIELDS)
-    provenance = study_provenance(study, cache, jobs, upper, ddpm_run)
+    provenance = study_provenance(study, jobs, upper, ddpm_run)
     write_json(out / "provenance.json", provenance.to_json())
     write_summary_tex(study, summary, out / "summary.tex")
     return write_report(study, cache, summary, patients, keep, ddpm_run, provenance, missing)

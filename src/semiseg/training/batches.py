@@ -253,7 +253,7 @@ class StepBatches(Dataset):
             return _UserError(path=exc.path, problem=exc.problem)
 
 
-def resolve_workers(setting: Any, device: torch.device, info: DistInfo) -> int:
+def resolve_workers(setting: Any, device: torch.device) -> int:
     """``train.workers``: a number, or ``auto``: none on a CPU (the cores train), else up to 4 per
     process, within the CPUs this node's processes share."""
     if setting in (None, "auto"):

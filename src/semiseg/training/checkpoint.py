@@ -21,6 +21,7 @@ whole. Every problem is a one-line SemisegInputError naming the file.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import shutil
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from semiseg.errors import SemisegInputError
-from semiseg.files import atomic_dir, read_json, remove_temporaries, write_json
+from semiseg.files import atomic_dir, os_problem, read_json, remove_temporaries, write_json
 from semiseg.progress import log
 
 LATEST = "latest.json"
@@ -244,11 +245,6 @@ def latest_step(run_dir: str | PathLike) -> int | None:
     return None if ckpt is None else ckpt.step
 
 
-def checkpoint_step(folder: Path) -> int:
-    """The step a checkpoint folder was written at (all its records agreeing)."""
-    return read_checkpoint(folder).step
-
-
 def remove_stale(run_dir: str | PathLike) -> list[Path]:
     """Remove what interrupted writes left in a run folder: temporary files, partial checkpoint
     folders, and checkpoints other than the latest. Only for a run this process holds the lock of."""
@@ -274,7 +270,7 @@ def weights_digest(folder: str | PathLike) -> str:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 digest.update(chunk)
     except OSError as exc:
-        raise SemisegInputError(path, f"cannot be read ({exc.strerror})") from None
+        raise SemisegInputError(path, f"cannot be read: {os_problem(exc)}") from None
     return digest.hexdigest()
 
 
@@ -289,11 +285,6 @@ def _check_finite(tensors: dict[str, torch.Tensor], path: Path, what: str) -> No
     for key, value in tensors.items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise SemisegInputError(path, f"{what} {key} holds NaN or Inf values; the checkpoint is damaged or its training diverged")
-
-
-def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
-    """A checkpoint's checkpoint.json, validated."""
-    return read_checkpoint(folder).meta
 
 
 def load_model_state(folder: Path) -> dict[str, torch.Tensor]:
@@ -350,13 +341,31 @@ def _match_layouts(optimizer: torch.optim.Optimizer) -> None:
 
 @dataclass
 class TrainingState:
-    """A checkpoint's optimizer, scheduler and RNG state, checked against the run's optimizer."""
+    """A checkpoint's optimizer, scheduler, RNG and (fp16 runs) gradient-scaler state, checked
+    against the run's optimizer."""
 
     step: int
-    optimizer: dict[str, Any] | None
+    optimizer: dict[str, Any]
     scheduler: dict[str, Any] | None
     rng: torch.Tensor
     cuda_rng: list[torch.Tensor]
+    grad_scaler: dict[str, Any] | None = None
+
+
+def _grad_scaler_state(meta: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """The gradient scaler's state in checkpoint.json (None for runs without one): a scale that is
+    not a finite positive number would turn every later loss into Inf or 0, and a missing entry
+    would fail only once the scaler loads it."""
+    state = meta.get("grad_scaler")
+    if state is None:
+        return None
+    scale = state.get("scale") if isinstance(state, dict) else None
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+        raise SemisegInputError(path, "checkpoint metadata's 'grad_scaler' must be an object with a finite positive 'scale'; the checkpoint is damaged")
+    missing = [k for k in torch.amp.GradScaler("cpu").state_dict() if not isinstance(state.get(k), (int, float))]
+    if missing:
+        raise SemisegInputError(path, f"checkpoint metadata's 'grad_scaler' lacks the number {missing[0]!r}; the checkpoint is damaged")
+    return state
 
 
 def read_training_state(
@@ -364,7 +373,7 @@ def read_training_state(
 ) -> TrainingState:
     """Read and check a checkpoint's training state before anything is loaded: every optimizer
     tensor belongs to a parameter of the run's optimizer and has its shape and finite values, the
-    parameter groups match, the RNG state is whole."""
+    parameter groups match, the RNG state is whole, a gradient scaler's scale is usable."""
     path = ckpt.folder / STATE
     state = _load(path)
     rng = state.get(RNG)
@@ -406,32 +415,29 @@ def read_training_state(
     if scheduler is not None and sched is None:
         raise SemisegInputError(ckpt.folder / META, "checkpoint has no lr schedule state to resume from")
     cuda = [state[k] for k in sorted(k for k in state if k.startswith("rng.cuda."))]
-    return TrainingState(ckpt.step, {"state": per_param, "param_groups": groups}, sched, rng, cuda)
+    scaler = _grad_scaler_state(ckpt.meta, ckpt.folder / META)
+    return TrainingState(ckpt.step, {"state": per_param, "param_groups": groups}, sched, rng, cuda, scaler)
 
 
 def apply_training_state(
-    training: TrainingState, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None, source: Path
+    training: TrainingState,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    source: Path,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> int:
-    """Load a checked training state into the optimizer, scheduler and RNG; return its step."""
+    """Load a checked training state into the optimizer, scheduler, RNG and (when given and the
+    checkpoint has its state) gradient scaler; return its step."""
     try:
-        if training.optimizer is not None:
-            optimizer.load_state_dict(training.optimizer)
-            _match_layouts(optimizer)
+        optimizer.load_state_dict(training.optimizer)
+        _match_layouts(optimizer)
         if scheduler is not None and training.scheduler is not None:
             scheduler.load_state_dict({**scheduler.state_dict(), **training.scheduler})
     except (KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise SemisegInputError(source, f"optimizer state does not fit the run's optimizer ({str(exc).splitlines()[0]})") from None
+    if scaler is not None and training.grad_scaler is not None:
+        scaler.load_state_dict(training.grad_scaler)
     torch.set_rng_state(training.rng)
     if torch.cuda.is_available() and len(training.cuda_rng) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(training.cuda_rng)
     return training.step
-
-
-def load_training_state(
-    folder: Path,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-) -> int:
-    """Check, then restore, optimizer, scheduler and RNG state from a checkpoint folder; return its step."""
-    training = read_training_state(read_checkpoint(folder), optimizer, scheduler)
-    return apply_training_state(training, optimizer, scheduler, folder)

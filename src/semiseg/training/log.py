@@ -17,7 +17,7 @@ from typing import Any
 from filelock import FileLock
 
 from semiseg.errors import SemisegInputError
-from semiseg.files import atomic_path, read_json, write_error, write_json, write_text
+from semiseg.files import atomic_path, os_problem, read_json, write_error, write_json, write_text
 
 TIMING_FILE = "timing.json"
 
@@ -43,8 +43,10 @@ class CsvLog:
                     reader = csv.DictReader(fh)
                     self.fields = list(reader.fieldnames or [])
                     rows = [r for r in reader if _step(r) <= resume_step and all(r.get(f) is not None for f in self.fields)]
-            except (OSError, UnicodeDecodeError, csv.Error) as exc:
-                raise SemisegInputError(self.path, f"training log cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+            except OSError as exc:
+                raise SemisegInputError(self.path, f"training log cannot be read: {os_problem(exc)}") from None
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise SemisegInputError(self.path, f"training log cannot be read ({exc})") from None
             buf = io.StringIO()
             writer = csv.DictWriter(buf, fieldnames=self.fields)
             writer.writeheader()
@@ -151,12 +153,17 @@ def read_timing(path: str | PathLike) -> list[dict[str, Any]]:
         return []
     sessions = read_json(path, "timing record").get("sessions", [])
     if not isinstance(sessions, list) or not all(isinstance(s, dict) and isinstance(s.get("seconds"), (int, float)) for s in sessions):
-        from semiseg.errors import SemisegInputError
-
         raise SemisegInputError(path, "timing record's 'sessions' must be a list of objects with 'seconds'")
     return sessions
 
 
+def sessions_seconds(sessions: list[dict[str, Any]], stage: str | None = None) -> float | None:
+    """Wall time summed over ``sessions`` (of one ``stage`` if given); None if there are none, so
+    that a stage never run is told apart from one that took no time."""
+    parts = [s["seconds"] for s in sessions if stage is None or s.get("stage") == stage]
+    return float(sum(parts)) if parts else None
+
+
 def total_seconds(path: str | PathLike, stage: str | None = None) -> float:
-    """Wall time summed over the sessions in ``path`` (of one ``stage`` if given)."""
-    return float(sum(s["seconds"] for s in read_timing(path) if stage is None or s.get("stage") == stage))
+    """Wall time summed over the sessions in ``path`` (of one ``stage`` if given); 0 if there are none."""
+    return sessions_seconds(read_timing(path), stage) or 0.0

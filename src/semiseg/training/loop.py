@@ -35,7 +35,7 @@ from semiseg.training.checkpoint import (
     save_checkpoint,
 )
 from semiseg.training.context import Trainable, TrainContext
-from semiseg.training.distributed import DistInfo, all_reduce_mean, barrier
+from semiseg.training.distributed import all_reduce_mean, barrier
 from semiseg.training.log import TIMING_FILE, CsvLog, WallClock, plot_loss_curve
 
 LOG_FILE = "train_log.csv"
@@ -46,12 +46,17 @@ FUSED_DEVICES = ("cpu", "cuda")
 
 #: train settings that count steps or items: (name, smallest allowed value)
 COUNTS = (("steps", 1), ("batch_size", 1), ("log_every", 1), ("checkpoint_every", 1), ("warmup_steps", 0))
+#: train.optimizer values build_optimizer knows (any case)
+OPTIMIZERS = ("adamw", "adam", "sgd")
+#: train.schedule values build_lr_schedule knows
+SCHEDULES = ("constant", "cosine", "poly")
 
 
 def check_train_settings(cfg: dict[str, Any]) -> None:
     """One-line errors for ``train`` settings no run can use, so a bad value is refused before a
     run folder is created: step counts below 1, a learning rate that is not a positive number, a
-    negative weight decay or gradient clip, an unknown precision, workers or prefetch count."""
+    negative weight decay or gradient clip, an unknown optimizer, lr schedule, precision, workers
+    or prefetch count."""
     for key, least in COUNTS:
         value = cfg.get(key, least)
         if value is None and key == "warmup_steps":
@@ -68,8 +73,13 @@ def check_train_settings(cfg: dict[str, Any]) -> None:
         value = cfg.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
             raise SemisegInputError(None, f"train.{key} must be a number of at least 0 (or null), got {value!r}")
+    optimizer = cfg.get("optimizer", "adamw")
+    if not isinstance(optimizer, str) or optimizer.lower() not in OPTIMIZERS:
+        raise SemisegInputError(None, f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if cfg.get("schedule", "constant") not in SCHEDULES:
+        raise SemisegInputError(None, f"train.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.get('schedule')!r}")
     autocast_for(cfg.get("precision", "auto"), torch.device("cpu"))
-    resolve_workers(cfg.get("workers", "auto"), torch.device("cpu"), DistInfo())
+    resolve_workers(cfg.get("workers", "auto"), torch.device("cpu"))
     if not isinstance(cfg.get("prefetch", 2), int) or isinstance(cfg.get("prefetch", 2), bool) or cfg.get("prefetch", 2) < 1:
         raise SemisegInputError(None, f"train.prefetch must be a positive number of batches, got {cfg.get('prefetch')!r}")
 
@@ -83,7 +93,7 @@ def build_optimization(method: Trainable, total: int) -> tuple[torch.optim.Optim
 
 
 def build_optimizer(cfg: dict[str, Any], params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """Adam/AdamW/SGD from a ``train`` config block.
+    """Adam/AdamW/SGD from a ``train`` config block that passed :func:`check_train_settings`.
 
     Adam and AdamW run PyTorch's fused implementation (one kernel over all parameters, on CPU and
     GPU alike; 3x less optimiser time than the per-tensor loop for the paper DDPM on CPU), which
@@ -98,17 +108,14 @@ def build_optimizer(cfg: dict[str, Any], params: list[torch.nn.Parameter]) -> to
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd, amsgrad=bool(cfg.get("amsgrad", False)), fused=fused)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd, amsgrad=bool(cfg.get("amsgrad", False)), fused=fused)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=0.99, nesterov=True)
-    raise SemisegInputError(None, f"unknown optimizer {name!r}; choose adamw, adam or sgd")
+    return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=0.99, nesterov=True)
 
 
 def build_lr_schedule(cfg: dict[str, Any], optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then constant, cosine or nnU-Net's poly (0.9) decay."""
+    """Linear warm-up, then constant, cosine or nnU-Net's poly (0.9) decay (``train.schedule``,
+    checked by :func:`check_train_settings`)."""
     kind = cfg.get("schedule", "constant")
     warmup = int(cfg.get("warmup_steps", 0) or 0)
-    if kind not in ("constant", "cosine", "poly"):
-        raise SemisegInputError(None, f"unknown lr schedule {kind!r}; choose constant, cosine or poly")
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -206,10 +213,7 @@ def fit(method: Trainable, ctx: TrainContext, resume: bool = False) -> int:
     if restored is not None:
         ckpt, weights, training = restored
         fit_state_dict(method, {k: v.to(device) for k, v in weights.items()}, ckpt.folder)
-        start = apply_training_state(training, optimizer, scheduler, ckpt.folder)
-        scaler_state = ckpt.meta.get("grad_scaler")
-        if scaler is not None and isinstance(scaler_state, dict):
-            scaler.load_state_dict(scaler_state)
+        start = apply_training_state(training, optimizer, scheduler, ckpt.folder, scaler)
     ctx.start_step, ctx.resumed = start, resume
     if clock is not None:
         clock.tick(first_step=start, last_step=start)
@@ -221,7 +225,7 @@ def fit(method: Trainable, ctx: TrainContext, resume: bool = False) -> int:
             find_unused_parameters=bool(getattr(method, "find_unused_parameters", False)),
         )
     maker = method.batch_maker()
-    workers = resolve_workers(cfg.get("workers", "auto"), device, info) if maker is not None else 0
+    workers = resolve_workers(cfg.get("workers", "auto"), device) if maker is not None else 0
     batches = step_loader(
         maker or method.next_batch, start, total, workers, int(cfg.get("prefetch", 2)), pin_memory=device.type == "cuda"
     )
