@@ -140,7 +140,8 @@ def test_killed_mid_checkpoint_resumes_exactly_and_cleans_up(name: str, nth: int
 
     run = tmp_path / "run"
     killed_train(tiny_cache, run, name, nth)
-    leftovers = [p for p in [*run.iterdir(), *(run / "checkpoints").iterdir()] if p.name.startswith(".") and not p.name.endswith(".lock")]  # lock files stay: .lock, .timing.json.lock
+    # lock files (.lock, .timing.json.lock) stay
+    leftovers = [p for p in [*run.iterdir(), *(run / "checkpoints").iterdir()] if p.name.startswith(".") and not p.name.endswith(".lock")]
     assert leftovers, "the kill left no temporaries"
     assert latest_checkpoint(run).name == "step-00000002"
     outcome = invoke("train", tiny_cache, "--out", run, *TINY_RUN, "--resume")
