@@ -66,3 +66,21 @@ def test_split_and_subsets_are_deterministic_and_nested():
     with pytest.raises(SemisegInputError, match="only 10 are available"):
         choose_subset(ids, 11, seed=0)
     assert slice_pool(155) == sorted(set(slice_pool(155))) and len(slice_pool(155)) == 7
+
+
+def test_data_info_from_its_json_form_or_a_hand_written_mapping():
+    """Methods take the record or its JSON form; a mapping without a cache (a benchmark's) gets
+    MRI channels, their normalisation and the nnunet format."""
+    from helpers import data_info
+    from semiseg.data.labels import BRATS2021
+    from semiseg.methods.supervised import Supervised
+    from semiseg.preprocess.cache import DataInfo
+
+    info = data_info(("t1", "flair"), BRATS2021, 64)
+    assert DataInfo.of(info) is info
+    assert DataInfo.of(info.to_json()) == info
+    assert DataInfo.of({"slice_size": 64, "modalities": ["t1", "flair"], "scheme": BRATS2021.to_json()}) == info
+    from semiseg.config import load_config
+
+    method = Supervised(load_config(Supervised.config_files, "small"), {"slice_size": 64, "modalities": ["t1", "flair"], "scheme": BRATS2021.to_json()})
+    assert method.data == info and method.channels == 2 and method.num_classes == BRATS2021.num_classes

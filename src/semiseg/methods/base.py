@@ -14,7 +14,7 @@ checkpoints, resume, progress and logs; a method owns its mathematics:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -60,9 +60,9 @@ class Method(Trainable):
     #: False for DDPM pretraining, which trains no segmenter
     segments: ClassVar[bool] = True
 
-    def __init__(self, config: dict[str, Any], data: DataInfo) -> None:
+    def __init__(self, config: dict[str, Any], data: DataInfo | Mapping[str, Any]) -> None:
         super().__init__(config)
-        self.data = data
+        self.data = data = DataInfo.of(data)
         self.scheme = data.scheme
         self.channels = data.channels
         self.num_classes = self.scheme.num_classes

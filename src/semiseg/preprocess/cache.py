@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -65,6 +65,18 @@ class DataInfo:
             "slice_size": self.slice_size,
             "format": self.format,
         }
+
+    @classmethod
+    def of(cls, data: "DataInfo | Mapping[str, Any]") -> "DataInfo":
+        """``data`` itself, or the record its JSON form describes (as in a run's ``config.json``);
+        in a hand-written mapping, such as a benchmark's without a cache, ``kinds`` default to MRI
+        for every modality, the normalisation to theirs and the format to nnunet."""
+        if isinstance(data, DataInfo):
+            return data
+        modalities = list(data["modalities"])
+        kinds = dict(data.get("kinds") or {m: "MRI" for m in modalities})
+        filled = {"kinds": kinds, "normalisation": {"kinds": [kinds[m] for m in modalities]}, "format": "nnunet", **data}
+        return cls.from_json(filled)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> "DataInfo":
