@@ -84,3 +84,6 @@ def test_data_info_from_its_json_form_or_a_hand_written_mapping():
 
     method = Supervised(load_config(Supervised.config_files, "small"), {"slice_size": 64, "modalities": ["t1", "flair"], "scheme": BRATS2021.to_json()})
     assert method.data == info and method.channels == 2 and method.num_classes == BRATS2021.num_classes
+    from semiseg.methods.ddpm import DDPM
+
+    assert DDPM(load_config(DDPM.config_files, "small"), {"slice_size": 64, "modalities": ["t1", "flair"], "scheme": BRATS2021.to_json()}).data == info

@@ -72,7 +72,7 @@ class DDPM(Method):
 
     def __init__(self, config: dict[str, Any], data: DataInfo) -> None:
         super().__init__(config, data)
-        self.unet = build_unet(unet_config(config["model"], data.slice_size), self.channels)
+        self.unet = build_unet(unet_config(config["model"], self.data.slice_size), self.channels)
         self.scheduler = build_scheduler(config["diffusion"])
         self.scale = float(config["diffusion"].get("data_scale", 1.0))
         self.weighting = str(config["diffusion"].get("loss_weighting", "uniform"))

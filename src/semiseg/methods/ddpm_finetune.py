@@ -38,7 +38,7 @@ class DDPMFinetune(SegmentationMethod):
         if self.dims != 2:
             raise SemisegInputError(None, f"{self.name} works on 2D slices (the DDPM is 2D); set dims=2")
         ddpm = config["ddpm"]
-        self.unet = build_unet(unet_config(ddpm["model"], data.slice_size), self.channels)
+        self.unet = build_unet(unet_config(ddpm["model"], self.data.slice_size), self.channels)
         width = self.unet.out[-1].conv.in_channels
         head = nn.Conv2d(width, self.num_classes, kernel_size=3, padding=1)
         nn.init.zeros_(head.weight)

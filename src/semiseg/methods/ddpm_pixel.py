@@ -78,7 +78,7 @@ class DDPMPixel(Method):
         if config["noise"] not in ("shared", "fresh"):
             raise SemisegInputError(None, f"noise must be 'shared' or 'fresh', got {config['noise']!r}")
         ddpm = config["ddpm"]
-        size = int(data.slice_size)
+        size = int(self.data.slice_size)
         self.unet = build_unet(unet_config(ddpm["model"], size), self.channels).requires_grad_(False)
         self.scheduler = build_scheduler(ddpm["diffusion"])
         self.scale = float(ddpm["diffusion"].get("data_scale", 1.0))
