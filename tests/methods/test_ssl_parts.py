@@ -140,3 +140,15 @@ def test_class_quantile_keeps_the_same_share_of_every_predicted_class():
         share[measure] = float(rel[fg].float().mean()), float(rel[~fg].float().mean())
     assert share["quantile"][0] < 0.1 and share["quantile"][1] > 0.9
     assert share["class_quantile"][0] == pytest.approx(0.7, abs=0.05) and share["class_quantile"][1] == pytest.approx(0.7, abs=0.05)
+
+
+def test_auto_reliability_is_class_quantile_in_2d_and_quantile_in_3d():
+    torch.manual_seed(0)
+    p_fg = torch.rand(1, 6, 8, 8) ** 3
+    mean = torch.stack([1 - p_fg, p_fg], 1)
+    for dims, same_as in ((2, "class_quantile"), (3, "quantile")):
+        def reliable(measure: str) -> torch.Tensor:
+            return _method(extra=[f"dims={dims}", f"uncertainty.measure={measure}"]).reliable(mean)
+
+        assert torch.equal(reliable("auto"), reliable(same_as)), dims
+    assert not torch.equal(_method(extra=["uncertainty.measure=class_quantile"]).reliable(mean), _method(extra=["uncertainty.measure=quantile"]).reliable(mean))

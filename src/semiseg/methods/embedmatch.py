@@ -46,7 +46,7 @@ VOTES = ("knn", "prior", "fused")
 DIAGNOSTIC_KEYS = ("reliable", "matched", "acc_reliable", "acc_matched", "acc_teacher_on_matched", "acc_teacher", "fg_matched", "dice_teacher") + tuple(
     f"acc_{v}_on_matched" for v in VOTES
 )
-MEASURES = ("confidence", "quantile", "class_quantile", "entropy")
+MEASURES = ("auto", "confidence", "quantile", "class_quantile", "entropy")
 
 
 def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
@@ -178,13 +178,16 @@ class EmbedMatch(SegmentationMethod):
     def reliable(self, mean: torch.Tensor) -> torch.Tensor:
         """Which voxels' teacher label is a pseudo-label: (B, C, *S) mean probabilities -> (B, *S)."""
         cfg_u = self.config["uncertainty"]
+        measure = cfg_u["measure"]
+        if measure == "auto":  # what measured best for each (embedmatch.yaml)
+            measure = "class_quantile" if self.dims == 2 else "quantile"
         teacher_label = mean.argmax(1)
         confidence = mean.max(1).values
-        if cfg_u["measure"] == "confidence":  # max probability: its meaning does not depend on the class count
+        if measure == "confidence":  # max probability: its meaning does not depend on the class count
             reliable = confidence >= float(cfg_u["threshold"])
-        elif cfg_u["measure"] == "quantile":  # the `threshold` most confident share of the batch's voxels
+        elif measure == "quantile":  # the `threshold` most confident share of the batch's voxels
             reliable = confidence >= _quantile(confidence, 1.0 - float(cfg_u["threshold"]))
-        elif cfg_u["measure"] == "class_quantile":
+        elif measure == "class_quantile":
             # the same share within each predicted class: a batch-wide share is mostly background where
             # the structure is small, so the structure's voxels would fall to matching disproportionately
             reliable = torch.zeros_like(teacher_label, dtype=torch.bool)
