@@ -2,10 +2,11 @@
 
 A teacher, trained on the labelled data, looks at unlabelled images with Monte Carlo dropout:
 
-* voxels whose teacher is confident (by default: the mean softmax over T dropout passes has a
-  maximum probability of at least the threshold; the alternative, predictive entropy, is measured
-  in units of ln 2 so the threshold means the same whatever the number of classes) are
-  *reliable*: the teacher's label is their pseudo-label;
+* voxels whose teacher is confident are *reliable*: the teacher's label is their pseudo-label.
+  Confidence is the maximum of the mean softmax over T dropout passes; by default the most
+  confident share of each predicted class's voxels (2D) or of the batch's voxels (3D) is reliable
+  (``uncertainty.measure``; a fixed threshold on it or on predictive entropy in units of ln 2 are
+  the alternatives, each meaning the same whatever the number of classes);
 * the other voxels are labelled by *embedding matching*: their L2-normalised decoder embedding
   (the teacher's last feature map before the head) is compared by cosine similarity with a
   bounded, class-balanced bank of reference embeddings from labelled voxels; the k nearest
