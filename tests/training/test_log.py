@@ -51,3 +51,17 @@ def test_damaged_timing_file_is_one_clear_error(tmp_path: Path, text: str):
     path.write_text(text)
     with pytest.raises(SemisegInputError, match="timing"):
         WallClock(path, "train")
+
+
+def test_timing_lock_that_cannot_be_made_is_one_clear_error(tmp_path: Path, monkeypatch):
+    """The lock file is the first write of a tick: a read-only or full folder must fail there as
+    one line naming timing.json, not a traceback from the lock library."""
+    from filelock import FileLock
+
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(FileLock, "acquire", refuse)
+    with pytest.raises(SemisegInputError, match="timing.json.*permission denied"):
+        WallClock(tmp_path / "timing.json", "train")
+    assert not (tmp_path / "timing.json").exists()

@@ -135,7 +135,12 @@ class WallClock:
         self.session["seconds"] = round(time.perf_counter() - self.t0, 3)
         self.session.update(updates)
         # read-modify-write: without the lock two processes that read at once each drop the other's session
-        with FileLock(self.path.with_name(f".{self.path.name}.lock")):
+        try:
+            lock = FileLock(self.path.with_name(f".{self.path.name}.lock"))
+            lock.acquire()
+        except OSError as exc:  # the lock file is the first write: a read-only or full folder fails here
+            raise write_error(self.path, exc) from None
+        try:
             sessions = read_timing(self.path)
             ids = [s.get("id") for s in sessions]
             if self.session["id"] in ids:
@@ -143,6 +148,8 @@ class WallClock:
             else:
                 sessions.append(self.session)
             write_json(self.path, {"sessions": sessions})
+        finally:
+            lock.release()
 
 
 def read_timing(path: str | PathLike) -> list[dict[str, Any]]:
