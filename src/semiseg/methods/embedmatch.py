@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from semiseg.errors import SemisegInputError
 from semiseg.methods.base import make_ema, register
 from semiseg.methods.mean_teacher import noisy
 from semiseg.methods.segmentation import SegmentationMethod
@@ -71,12 +72,10 @@ class EmbedMatch(SegmentationMethod):
         super().__init__(config, data)
         self.net = build_unet(config, self.dims, self.channels, self.num_classes)
         self.teacher = make_ema(self.net, float(config["teacher"]["ema_decay"]))
-        from semiseg.errors import SemisegInputError
-
         for key, value, allowed in (
             ("teacher.policy", config["teacher"]["policy"], ("fixed", "rounds", "ema")),
             ("uncertainty.measure", config["uncertainty"]["measure"], MEASURES),
-            ("matching.vote", config["matching"].get("vote", "knn"), VOTES),
+            ("matching.vote", config["matching"]["vote"], VOTES),
         ):
             if value not in allowed:
                 raise SemisegInputError(None, f"{key} must be one of {', '.join(allowed)}, got {value!r}")
@@ -118,7 +117,7 @@ class EmbedMatch(SegmentationMethod):
         voxels on a class boundary, where the unreliable voxels are."""
         k = self.bank.shape[1]
         per_call = max(k // 8, 1)
-        frac = float(self.config["matching"].get("boundary_fraction", 0.0) or 0.0)
+        frac = float(self.config["matching"]["boundary_fraction"])
         self.class_counts += torch.bincount(labels[labels != IGNORE], minlength=self.num_classes)[: self.num_classes].double()
         for c in range(self.num_classes):
             is_c = labels == c
@@ -212,17 +211,17 @@ class EmbedMatch(SegmentationMethod):
         weights = reliable.float()
         matched = torch.zeros_like(reliable)
         by_vote = {v: torch.full_like(teacher_label, IGNORE) for v in VOTES}
-        if cfg_m.get("enabled", True) and (~reliable).any() and int(self.bank_filled.sum()) > 0:
+        if cfg_m["enabled"] and (~reliable).any() and int(self.bank_filled.sum()) > 0:
             emb = F.normalize(emb.float(), dim=1)
             where = torch.nonzero(~reliable.reshape(-1)).squeeze(1)
-            cap = int(cfg_m.get("max_queries") or 0)
+            cap = int(cfg_m["max_queries"] or 0)
             if cap and where.numel() > cap:  # bounded cost: a random subset is matched, the rest is left out
                 where = where[torch.randperm(where.numel(), device=where.device)[:cap]]
             labels, sims = self.match(flat_voxels(emb)[where], flat_voxels(mean)[where])
             for v in VOTES:
                 by_vote[v].reshape(-1)[where] = labels[v]
             flat_pseudo, flat_w, flat_m = pseudo.reshape(-1), weights.reshape(-1), matched.reshape(-1)
-            flat_pseudo[where] = labels[cfg_m.get("vote", "knn")]
+            flat_pseudo[where] = labels[cfg_m["vote"]]
             flat_w[where] = sims.clamp(0, 1) if cfg_m["weight_by_similarity"] else 1.0
             flat_m[where] = True
         diag = {"reliable": float(reliable.float().mean()), "matched": float(matched.float().mean())}
@@ -252,7 +251,7 @@ class EmbedMatch(SegmentationMethod):
         with torch.no_grad():
             self.teacher.module.eval()
             _, emb = self.teacher.module.forward_features(lab["image"])
-            edge = self.boundary_mask(lab["label"]).reshape(-1) if self.config["matching"].get("boundary_fraction") else None
+            edge = self.boundary_mask(lab["label"]).reshape(-1) if self.config["matching"]["boundary_fraction"] else None
             self.enqueue(flat_voxels(F.normalize(emb.float(), dim=1)), lab["label"].reshape(-1), edge)
         pseudo, weights, diag = self.pseudo_labels(unl["image"], unl.get("gt"))
         cfg = self.config["loss"]
