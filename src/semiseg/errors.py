@@ -16,3 +16,6 @@ class SemisegInputError(Exception):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}" if self.path else problem)
+
+    def __reduce__(self):  # rebuilt from both fields when it crosses from a worker process
+        return type(self), (self.path, self.problem)

@@ -53,8 +53,13 @@ def test_worker_pool_gives_the_sequential_results(sequential: Path, study_data: 
     log = events(out)
     assert any(msg == "worker pool: 2 processes x 1 threads" for _, msg in log)
     runners = {pid for pid, msg in log if msg.startswith("start ")}
-    parent = {pid for pid, msg in log if msg.startswith("set-up")}
+    parent = {pid for pid, msg in log if msg.startswith("set-up: prepare")}
     assert len(runners) == 2 and not runners & parent, log  # two worker processes trained the runs
+    # a worker pretrained the DDPM, and a supervised run started before it was done
+    order = [msg for _, msg in log]
+    pretrain = next(pid for pid, msg in log if msg.startswith("set-up: pretrain"))
+    assert pretrain in runners, log
+    assert any(msg.startswith("start supervised") for msg in order[:order.index("set-up: the DDPM is pretrained")]), log
     assert set(started(out).values()) == {1} and len(started(out)) == 6  # the grid's 4 and the 2 upper-bound runs
     # every kind of run is in the results: the grid, the external method, the guided rounds, the upper bound
     from semiseg.studies.stats import UPPER_BOUND

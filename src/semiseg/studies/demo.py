@@ -15,10 +15,6 @@ from semiseg.progress import log
 
 METHODS = ["supervised", "ddpm-pixel", "ddpm-finetune", "mean-teacher", "embedmatch"]
 
-#: 4 MC dropout passes instead of 8 halve embedmatch's cost; the decoder dropout barely moves a
-#: trained teacher's mean softmax (measured on the 3D phantom), so the uncertainty hardly changes
-DEMO_SETTINGS = {"embedmatch": ["uncertainty.passes=4"]}
-
 #: the two demo sizes, chosen by timing on 2 CPU cores (README, performance); ``steps``: training
 #: steps of the network methods; ``pixel_steps``: of ddpm-pixel's MLPs, whose steps cost far less
 MODES = {
@@ -33,6 +29,19 @@ MODES = {
         "test_slices_per_case": 12,
     },
 }
+
+
+def demo_pool(device: str | None) -> dict[str, int]:
+    """Worker processes and threads for the demo's runs: on a CPU with several cores, two at a time
+    sharing the cores out, so the runs that need no DDPM train while it pretrains and the small
+    networks, which keep two threads busy poorly, overlap (README, performance); one on a GPU."""
+    from semiseg.studies.execution import available_cores
+    from semiseg.training.distributed import pick_device
+
+    cores = available_cores()
+    if pick_device(0, device).type != "cpu" or cores < 2:
+        return {}
+    return {"workers": 2, "threads": cores // 2}
 
 
 def run_demo(out: str | PathLike = "semiseg-demo", quick: bool = False, device: str | None = None, seed: int = 0) -> Path:
@@ -75,10 +84,10 @@ def _run_demo(out: Path, mode: dict, device: str | None, seed: int) -> Path:
         seeds=mode["seeds"],
         preset="small",
         ddpm={"preset": "small", "set": [f"train.steps={mode['ddpm_steps']}", f"train.batch_size={mode['ddpm_batch']}"]},
-        settings={m: [f"train.steps={mode['pixel_steps' if m == 'ddpm-pixel' else 'steps']}"] + DEMO_SETTINGS.get(m, []) for m in METHODS},
+        settings={m: [f"train.steps={mode['pixel_steps' if m == 'ddpm-pixel' else 'steps']}"] for m in METHODS},
         test_slices_per_case=mode["test_slices_per_case"],
         device=device,
     )
-    report = run_sweep(study)
+    report = run_sweep(study, **demo_pool(device))
     log(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return report

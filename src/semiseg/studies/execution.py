@@ -261,10 +261,11 @@ def check_external_early(study: Study) -> None:
         check_external(study, Cache(_cache_root(study)))
 
 
-def setup_study(study: Study) -> StudySetup:
+def setup_study(study: Study, pretrain: bool = True) -> StudySetup:
     """Prepare the data and pretrain the shared DDPM once, under the set-up lock: a process that
     finds another one at it waits, then reuses its work. Launched as several processes (torchrun,
-    or a Slurm job with several tasks), rank 0 prepares the data and all ranks train the DDPM."""
+    or a Slurm job with several tasks), rank 0 prepares the data and all ranks train the DDPM.
+    Without ``pretrain`` a DDPM that still has to be trained is left out (``ddpm_run`` None)."""
     from semiseg.runs.train import is_finished
     from semiseg.training.distributed import barrier, init_distributed
 
@@ -283,11 +284,14 @@ def setup_study(study: Study) -> StudySetup:
         if info.main:
             check_external(study, cache)
         ddpm_run = None
-        if needs_ddpm(study):
+        if needs_ddpm(study) and (pretrain or study.ddpm.get("run") or is_finished(_ddpm_root(study))):
             ddpm = _ddpm_root(study)
-            if info.main and not study.ddpm.get("run") and not is_finished(ddpm):
+            trains = info.main and not study.ddpm.get("run") and not is_finished(ddpm)
+            if trains:
                 log_event(out, f"set-up: {'resume' if ddpm.exists() else 'pretrain'} the DDPM -> {ddpm}")
             ddpm_run = pretrain_study_ddpm(study, cache)
+            if trains:
+                log_event(out, "set-up: the DDPM is pretrained")
         barrier(info)
     return StudySetup(cache.root, ddpm_run, tuple(overlay_slices(cache, cache.ids("test"), study.overlays, study.dims)))
 
@@ -475,7 +479,8 @@ def run_study(study: Study, *, workers: int | None = None, gpus: Sequence[str] |
     if threads:  # the set-up too: the DDPM's weights, and so the diffusion methods' results, depend on it on a CPU
         torch.set_num_threads(threads)
     since = time.time()
-    setup = setup_study(study)
+    pooled = workers > 1 or bool(gpus)
+    setup = setup_study(study, pretrain=not pooled)  # a pool pretrains the DDPM in a worker, beside other runs
     clock.tick()
     runs = shard_runs(study_runs(study, Cache(setup.cache)), shard)
     with progress_bar() as bar:
@@ -488,7 +493,9 @@ def run_study(study: Study, *, workers: int | None = None, gpus: Sequence[str] |
         if workers == 1 and not gpus:
             _run_here(study, setup, runs, keep_going, since, advance)
         else:
-            _run_pool(study, setup, runs, workers, gpus, threads or max(1, available_cores() // workers), keep_going, since, advance)
+            setup = _run_pool(study, setup, runs, workers, gpus, threads or max(1, available_cores() // workers), keep_going, since, advance)
+    if needs_ddpm(study) and setup.ddpm_run is None:  # no diffusion run in this shard: the DDPM for the rounds and report
+        setup = setup_study(study)
     if study.selection:
         try:
             run_selection(study, setup)
@@ -513,33 +520,52 @@ def _run_here(study: Study, setup: StudySetup, runs: list[RunKey], keep_going: b
 
 
 def _run_pool(study: Study, setup: StudySetup, runs: list[RunKey], workers: int, gpus: list[str] | None, threads: int,
-              keep_going: bool, since: float, advance) -> None:
+              keep_going: bool, since: float, advance) -> StudySetup:
+    """Run ``runs`` in a pool of worker processes, handing each free worker the next run; returns
+    the complete set-up. If the DDPM still has to be pretrained (``setup.ddpm_run`` None), a worker
+    pretrains it while the others train the runs that need none; the diffusion runs then go first
+    (they are the longest: left for last, they would keep one worker busy while the others idle)."""
     log_event(study.out, f"worker pool: {workers} processes x {threads} threads" + (f", GPUs {','.join(gpus)}" if gpus else ""))
-    stop: Failure | None = None
+    stop: Failure | BaseException | None = None
+    later = [run for run in runs if get_method(run.method).needs_ddpm] if needs_ddpm(study) and setup.ddpm_run is None else []
+    queue = [(run, False) for run in runs if run not in later]  # (run, wait for another process holding it)
     with make_pool(workers, gpus, threads) as pool:
-        pending: dict[Future, RunKey] = {pool.submit(attempt, study, setup, run, False, since): run for run in runs}
+        pending: dict[Future, RunKey | None] = {pool.submit(setup_study, study): None} if later else {}
+
+        def fill() -> None:
+            while queue and len(pending) < workers and stop is None:
+                run, wait_for = queue.pop(0)
+                pending[pool.submit(attempt, study, setup, run, wait_for, since)] = run
+
+        fill()
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 run = pending.pop(fut)
-                if fut.cancelled():
-                    continue
                 try:
+                    if run is None:  # the DDPM is ready: the diffusion runs can start
+                        setup = fut.result()
+                        queue[:0] = [(r, False) for r in later]
+                        continue
                     outcome = fut.result()
                 except BrokenProcessPool:
-                    raise SemisegInputError(None, f"a worker process died while running {run} or another run (killed, or out of "
-                                                  "memory?); start the sweep again to resume the unfinished runs") from None
-                if outcome.status == BUSY:  # the pool's queue is first in, first out: waited for after the others
-                    if stop is None:
-                        pending[pool.submit(attempt, study, setup, run, True, since)] = run
+                    raise SemisegInputError(None, f"a worker process died while running {run or 'the DDPM pretraining'} or another "
+                                                  "run (killed, or out of memory?); start the sweep again to resume the unfinished runs") from None
+                except Exception as exc:  # the pretraining failed: no diffusion run can start
+                    stop = exc
+                    continue
+                if outcome.status == BUSY:  # another process holds it: waited for after the others
+                    queue.append((run, True))
                     continue
                 advance(outcome)
                 if outcome.status == FAILED and not keep_going and stop is None:
                     stop = outcome.failure
-                    for other in pending:
-                        other.cancel()
+            fill()
+    if isinstance(stop, BaseException):
+        raise stop
     if stop is not None:
         raise failure_error(stop)
+    return setup
 
 
 def study_states(study: Study, cache: Cache | None) -> dict[RunKey, str]:
