@@ -187,13 +187,15 @@ def predict(
                 probs, unc = predict_prepared(method, prepared, size, pad, lambda n, sub=sub: bar.advance(sub, n))
                 bar.update(sub, completed=n_slices if method.dims == 2 else 1)
                 geom = prepared.geometry
-                full = geom.uncrop(probs, fill=background)
-                seg = write_scheme.to_values(full.argmax(0).astype(np.uint8))
+                # the argmax of the crop, then pasted (outside the crop is background either way):
+                # the full-size probabilities are only made when they are written
+                seg = write_scheme.to_values(geom.uncrop(probs.argmax(0).astype(np.uint8)[None], fill=0)[0])
                 reference = next(iter(case.images.values()))
                 ending = image_ending(reference.name)
                 affine = np.asarray(geom.affine)
                 names = [(f"{case.case_id}{ending}", seg, True)]
                 if probabilities:
+                    full = geom.uncrop(probs, fill=background)
                     names.append((f"{case.case_id}_prob{ending}", np.moveaxis(full, 0, -1).astype(np.float32), False))
                 if uncertainty:
                     names.append((f"{case.case_id}_uncertainty{ending}", geom.uncrop(unc[None], fill=0.0)[0].astype(np.float32), False))
