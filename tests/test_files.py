@@ -69,3 +69,27 @@ def test_temporaries_are_recognised_and_removed(tmp_path: Path):
     assert sorted(p.name for p in remove_temporaries(tmp_path)) == sorted(names)
     assert sorted(os.listdir(tmp_path)) == [".lock", ".pixel_features", "a.tmp.json", "config.json"]
     assert not TEMPORARY.match("config.json")
+
+
+def test_file_lock_waits_or_reports_busy_and_names_the_guarded_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import errno
+
+    import filelock
+
+    from semiseg.files import file_lock
+
+    lock = tmp_path / ".x.lock"
+    with file_lock(lock) as got:
+        assert got
+        with file_lock(lock, wait=False) as again:  # another holder (a second lock object) is refused at once
+            assert again is False
+    with file_lock(lock, wait=False) as got:  # released when the block ended
+        assert got
+
+    def read_only(*_a, **_k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", read_only)
+    with pytest.raises(SemisegInputError, match=r"timing\.json: cannot be written: read-only file system"):
+        with file_lock(tmp_path / ".timing.json.lock", guards=tmp_path / "timing.json"):
+            pass

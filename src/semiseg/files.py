@@ -41,6 +41,38 @@ def write_error(path: str | os.PathLike, exc: OSError) -> SemisegInputError:
     return SemisegInputError(path, f"cannot be written: {os_problem(exc)}")
 
 
+@contextlib.contextmanager
+def file_lock(lock: str | os.PathLike, wait: bool = True, before_waiting: Callable[[], None] | None = None,
+              guards: str | os.PathLike | None = None) -> Iterator[bool]:
+    """Hold the inter-process file lock ``lock`` for the block and yield True; without ``wait``,
+    yield False at once when another process holds it (``before_waiting`` runs before blocking).
+    Creating the lock file is the first write: an OS error there (a read-only or full folder) is
+    the one-line write error of ``guards``, the file the lock protects (default: the lock file)."""
+    from filelock import FileLock, Timeout
+
+    held = FileLock(str(lock))
+    try:
+        try:
+            held.acquire(timeout=0)
+            got = True
+        except Timeout:
+            got = False
+            if wait:
+                if before_waiting:
+                    before_waiting()
+                held.acquire()
+                got = True
+    except OSError as exc:
+        raise write_error(guards or lock, exc) from None
+    if not got:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        held.release()
+
+
 def _missing_ancestors(folder: Path) -> tuple[list[Path], Path]:
     """The folders from ``folder`` upwards that do not exist yet (deepest first) and the first
     one that does."""

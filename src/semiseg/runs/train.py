@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock, Timeout
 
 import semiseg
 from semiseg.config import load_config
 from semiseg.errors import SemisegInputError
-from semiseg.files import TEMPORARY, check_output, remove_temporaries, removed_on_failure, write_error
+from semiseg.files import TEMPORARY, check_output, file_lock, remove_temporaries, removed_on_failure, write_error
 from semiseg.methods.base import Method, get_method
 from semiseg.models.unet import SegUNet
 from semiseg.preprocess.cache import INDEX, Cache
@@ -113,17 +112,10 @@ def run_lock(run_dir: Path, info: DistInfo) -> Iterator[None]:
     if not info.main:
         yield
         return
-    lock = FileLock(str(run_dir / LOCK), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise SemisegInputError(run_dir, f"is in use by another semiseg process (it holds {LOCK}); wait for it to finish") from None
-    except OSError as exc:
-        raise write_error(run_dir / LOCK, exc) from None
-    try:
+    with file_lock(run_dir / LOCK, wait=False) as got:
+        if not got:
+            raise SemisegInputError(run_dir, f"is in use by another semiseg process (it holds {LOCK}); wait for it to finish")
         yield
-    finally:
-        lock.release()
 
 
 def build_method(cls: type[Method], record: RunRecord, source: str | PathLike | None) -> Method:

@@ -42,10 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock, Timeout
 
 from semiseg.errors import SemisegInputError
-from semiseg.files import check_output, os_problem, read_json, removed_on_failure, write_error, write_json
+from semiseg.files import check_output, file_lock, read_json, removed_on_failure, write_error, write_json
 from semiseg.methods.base import get_method
 from semiseg.preprocess.cache import Cache
 from semiseg.progress import log, progress_bar, set_enabled
@@ -84,40 +83,17 @@ def lock_file(out: str | PathLike, name: str) -> Path:
     return Path(out) / LOCKS / f"{name}.lock"
 
 
-def _lock(out: str | PathLike, name: str) -> FileLock:
+@contextlib.contextmanager
+def holding(out: str | PathLike, name: str, wait: bool = True, waiting: str | None = None) -> Iterator[bool]:
+    """Hold the lock ``name`` of a study folder for the block and yield True; without ``wait``,
+    yield False at once when another process holds it. ``waiting`` is logged before blocking."""
     path = lock_file(out, name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise write_error(path.parent, exc) from None
-    return FileLock(path)
-
-
-@contextlib.contextmanager
-def holding(out: str | PathLike, name: str, wait: bool = True, waiting: str | None = None) -> Iterator[bool]:
-    """Hold the lock ``name`` of a study folder for the block and yield True; without ``wait``,
-    yield False at once when another process holds it. ``waiting`` is logged before blocking."""
-    lock = _lock(out, name)
-    try:
-        try:
-            lock.acquire(timeout=0)
-            got = True
-        except Timeout:
-            got = False
-            if wait:
-                if waiting:
-                    log(waiting)
-                lock.acquire()
-                got = True
-    except OSError as exc:
-        raise SemisegInputError(lock.lock_file, f"cannot be locked: {os_problem(exc)}") from None
-    if not got:
-        yield False
-        return
-    try:
-        yield True
-    finally:
-        lock.release()
+    with file_lock(path, wait, (lambda: log(waiting)) if waiting else None) as got:
+        yield got
 
 
 def is_locked(out: str | PathLike, name: str) -> bool:

@@ -14,10 +14,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from semiseg.errors import SemisegInputError
-from semiseg.files import atomic_path, os_problem, read_json, write_error, write_json, write_text
+from semiseg.files import atomic_path, file_lock, os_problem, read_json, write_error, write_json, write_text
 
 TIMING_FILE = "timing.json"
 
@@ -135,12 +133,7 @@ class WallClock:
         self.session["seconds"] = round(time.perf_counter() - self.t0, 3)
         self.session.update(updates)
         # read-modify-write: without the lock two processes that read at once each drop the other's session
-        try:
-            lock = FileLock(self.path.with_name(f".{self.path.name}.lock"))
-            lock.acquire()
-        except OSError as exc:  # the lock file is the first write: a read-only or full folder fails here
-            raise write_error(self.path, exc) from None
-        try:
+        with file_lock(self.path.with_name(f".{self.path.name}.lock"), guards=self.path):
             sessions = read_timing(self.path)
             ids = [s.get("id") for s in sessions]
             if self.session["id"] in ids:
@@ -148,8 +141,6 @@ class WallClock:
             else:
                 sessions.append(self.session)
             write_json(self.path, {"sessions": sessions})
-        finally:
-            lock.release()
 
 
 def read_timing(path: str | PathLike) -> list[dict[str, Any]]:
