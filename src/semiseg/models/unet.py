@@ -87,9 +87,9 @@ class SegUNet(BasicUNet):
         the passes run as one batch. Call in eval mode: this switches dropout on and off itself."""
         feats = self.encode(x)
         _, emb = self.decode(feats)
-        if passes <= 1 or not any(isinstance(m, _DROPOUTS) for m in self.modules()):
+        drops = dropout_layers(self)
+        if passes <= 1 or not drops:
             return torch.softmax(self.final_conv(emb).float(), 1), emb
-        drops = [m for m in self.modules() if isinstance(m, _DROPOUTS)]
         for m in drops:
             m.train()
         try:
@@ -114,15 +114,16 @@ class SegUNet(BasicUNet):
             )
 
 
-_DROPOUTS = (nn.Dropout, nn.Dropout2d, nn.Dropout3d)
+def dropout_layers(module: nn.Module) -> list[nn.Module]:
+    """The dropout layers of ``module`` that drop something (p > 0): what Monte Carlo dropout samples."""
+    return [m for m in module.modules() if isinstance(m, (nn.Dropout, nn.Dropout2d, nn.Dropout3d)) and m.p > 0]
 
 
 def enable_mc_dropout(module: nn.Module) -> None:
     """Put ``module`` in eval mode except its dropout layers (Monte Carlo dropout)."""
     module.eval()
-    for m in module.modules():
-        if isinstance(m, _DROPOUTS):
-            m.train()
+    for m in dropout_layers(module):
+        m.train()
 
 
 def build_unet(config: dict, dims: int, channels: int, classes: int) -> SegUNet:

@@ -31,12 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from semiseg.errors import SemisegInputError
 from semiseg.inference.predict import predict_slices, predict_volume
 from semiseg.methods.base import Method
-from semiseg.models.unet import enable_mc_dropout
+from semiseg.models.unet import dropout_layers, enable_mc_dropout
 from semiseg.preprocess.cache import Cache
 from semiseg.training.losses import entropy
 from semiseg.training.plan import format_slice, labelled_pool, parse_slice, slices_with_anatomy
@@ -95,10 +94,6 @@ def _by_case(items: Sequence[str], dims: int) -> dict[str, list[int]]:
     return out
 
 
-def has_dropout(module: nn.Module) -> bool:
-    return any(isinstance(m, (nn.Dropout, nn.Dropout2d, nn.Dropout3d)) and m.p > 0 for m in module.modules())
-
-
 def case_maps(method: Method, cache: Cache, case_id: str, zs: list[int], passes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean class probabilities and per-voxel uncertainty of one case: (N, K, S, S) and (N, S, S)
     for its slices ``zs`` (2D), (K, X, Y, Z) and (X, Y, Z) for its volume (3D). Deterministic
@@ -114,7 +109,7 @@ def case_maps(method: Method, cache: Cache, case_id: str, zs: list[int], passes:
         def run() -> tuple[np.ndarray, np.ndarray]:
             return predict_volume(method, images)
 
-    if passes <= 1 or not has_dropout(method):
+    if passes <= 1 or not dropout_layers(method):
         method.eval()
         return run()
     torch.manual_seed(seed)
@@ -169,7 +164,7 @@ def score_with_run(method: Method, cache: Cache, items: Sequence[str], labelled:
     lab = []
     for cid, zs in _by_case(labelled, dims).items():
         lab.append(_embeddings(method, cache, cid, zs))
-    mc = passes > 1 and has_dropout(method)
+    mc = passes > 1 and bool(dropout_layers(method))
     return ItemScores(
         list(items), np.array([unc[i] for i in items]), np.stack([emb[i] for i in items]),
         np.concatenate(lab) if lab else np.zeros((0, len(emb[items[0]]))),
