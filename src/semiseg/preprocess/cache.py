@@ -194,6 +194,14 @@ class Cache:
                 "the cache index describes; prepare the cache again"
             )
 
+    def check_dims(self, dims: object, setting: str = "dims") -> int:
+        """``dims`` (the value of ``setting``) as 2 or 3, if this cache holds data of that kind."""
+        if dims not in (2, 3):
+            raise SemisegInputError(None, f"{setting} must be 2 or 3, got {dims!r}")
+        if f"{dims}d" not in self.dims:
+            raise SemisegInputError(self.root, f"was prepared without {dims}D data; prepare it with --dims 2d,3d")
+        return int(dims)  # type: ignore[call-overload]
+
     def check_arrays(self, case_ids: list[str], dims: int) -> None:
         """Open (memory-map, read nothing) every array a run on ``case_ids`` reads, so damaged files
         are found before the run starts."""

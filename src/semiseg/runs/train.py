@@ -146,11 +146,7 @@ def _new_record(
         if ddpm_run is None:
             raise SemisegInputError(None, f"method {cls.name!r} needs a pretrained DDPM: pass --ddpm RUN")
         config["ddpm"] = ddpm_block(Path(ddpm_run), cache)
-    dims = config.get("dims", 2)
-    if dims not in (2, 3):
-        raise SemisegInputError(None, f"dims must be 2 or 3, got {dims!r}")
-    if f"{dims}d" not in cache.dims:
-        raise SemisegInputError(cache.root, f"was prepared without {dims}D data; prepare it with --dims 2d,3d")
+    dims = cache.check_dims(config.get("dims", 2))
     plan = make_plan(cache, dims, n_labelled, seed, labelled_items, unlabelled_only=not cls.segments,
                      transductive=transductive and (cls.semi_supervised or not cls.segments),
                      negatives=negatives if cls.segments else 0)

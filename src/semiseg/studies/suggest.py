@@ -138,10 +138,7 @@ def suggest(
     else:
         dims = dims or (2 if "2d" in cache.dims else 3)
         labelled, negatives = [], []
-    if dims not in (2, 3):
-        raise SemisegInputError(None, f"--dims must be 2 or 3, got {dims}")
-    if f"{dims}d" not in cache.dims:
-        raise SemisegInputError(cache.root, f"was prepared without {dims}D data; prepare it with --dims 2d,3d")
+    dims = cache.check_dims(dims, "--dims")
     device = pick_device(0, device)
     method = load_trained(run, device)[0] if segmentation else None
     ddpm_run = Path(run) if record is not None and not segmentation else None
