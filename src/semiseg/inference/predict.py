@@ -83,18 +83,22 @@ def predict_volume(method: Method, volume: np.ndarray, head: Head | None = None)
 
 
 def predict_prepared(
-    method: Method, prepared: PreparedCase, slice_size: int, pad: np.ndarray, on_batch: Callable[[int], None] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities (K, X', Y', Z') and uncertainty (X', Y', Z') over a prepared case's crop."""
+    method: Method, prepared: PreparedCase, slice_size: int, pad: np.ndarray, on_batch: Callable[[int], None] | None = None,
+    uncertainty: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities (K, X', Y', Z') and uncertainty (X', Y', Z') over a prepared case's crop
+    (2D without ``uncertainty``: None, not resampled to the crop)."""
     if method.dims == 3:
         return predict_volume(method, prepared.image)
     slices, _ = case_slices(prepared, slice_size, pad)
     probs, unc = predict_slices(method, slices, on_batch)
     (sx0, sx1), (sy0, sy1) = prepared.geometry.square
     side = (sx1 - sx0, sy1 - sy0)
-    probs = resize_stack(torch.from_numpy(probs), side, "bilinear").numpy()
+    probs = unsquare_slices(resize_stack(torch.from_numpy(probs), side, "bilinear").numpy(), prepared.geometry)
+    if not uncertainty:
+        return probs, None
     unc = resize_stack(torch.from_numpy(unc[:, None]), side, "bilinear").numpy()
-    return unsquare_slices(probs, prepared.geometry), unsquare_slices(unc, prepared.geometry)[0]
+    return probs, unsquare_slices(unc, prepared.geometry)[0]
 
 
 def output_scheme(model: LabelScheme, data: LabelScheme | None) -> LabelScheme:
@@ -184,7 +188,7 @@ def predict(
                 prepared = prepare_case(case, model_scheme, normaliser, with_label=False)
                 n_slices = prepared.image.shape[-1]
                 sub = bar.add_task(f"  {case.case_id}", total=n_slices if method.dims == 2 else 1, info="", every=0)
-                probs, unc = predict_prepared(method, prepared, size, pad, lambda n, sub=sub: bar.advance(sub, n))
+                probs, unc = predict_prepared(method, prepared, size, pad, lambda n, sub=sub: bar.advance(sub, n), uncertainty)
                 bar.update(sub, completed=n_slices if method.dims == 2 else 1)
                 geom = prepared.geometry
                 # the argmax of the crop, then pasted (outside the crop is background either way):
