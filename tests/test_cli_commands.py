@@ -104,3 +104,8 @@ def test_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     assert outcome.last_line == f"report: {report.resolve()}"
     summary = (out / "study" / "summary.csv").read_text()
     assert all(m in summary for m in demo.METHODS)
+    from semiseg.studies.execution import available_cores
+
+    cores = available_cores()  # two runs at a time on a multi-core CPU, the DDPM pretrained beside them
+    pooled = f"worker pool: 2 processes x {cores // 2} threads" in (out / "study" / "sweep.log").read_text()
+    assert pooled == (cores >= 2), cores
