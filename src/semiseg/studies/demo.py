@@ -31,17 +31,19 @@ MODES = {
 }
 
 
-def demo_pool(device: str | None) -> dict[str, int]:
+def demo_pool(device: str | None, quick: bool) -> dict[str, int]:
     """Worker processes and threads for the demo's runs: on a CPU with several cores, two at a time
-    sharing the cores out, so the runs that need no DDPM train while it pretrains and the small
-    networks, which keep two threads busy poorly, overlap (README, performance); one on a GPU."""
+    sharing the cores out, as the small networks keep two threads busy poorly; one on a GPU. The
+    quick demo also pretrains its DDPM in a worker beside the runs that need none (its threads
+    given), which pays off when those runs take as long as the DDPM, as there (README,
+    performance); the full demo's longer DDPM takes every core first."""
     from semiseg.studies.execution import available_cores
     from semiseg.training.distributed import pick_device
 
     cores = available_cores()
     if pick_device(0, device).type != "cpu" or cores < 2:
         return {}
-    return {"workers": 2, "threads": cores // 2}
+    return {"workers": 2, "threads": cores // 2} if quick else {"workers": 2}
 
 
 def run_demo(out: str | PathLike = "semiseg-demo", quick: bool = False, device: str | None = None, seed: int = 0) -> Path:
@@ -54,15 +56,16 @@ def run_demo(out: str | PathLike = "semiseg-demo", quick: bool = False, device: 
     check_output(out, "folder")
     pick_device(0, device)
     with removed_on_failure(out, keep=has_progress):
-        return _run_demo(out, MODES["quick" if quick else "full"], device, seed)
+        return _run_demo(out, quick, device, seed)
 
 
-def _run_demo(out: Path, mode: dict, device: str | None, seed: int) -> Path:
+def _run_demo(out: Path, quick: bool, device: str | None, seed: int) -> Path:
     from semiseg.data.phantom import write_phantom_dataset
     from semiseg.progress import progress_bar
     from semiseg.studies.sweep import load_study, run_sweep
 
     t0 = time.perf_counter()
+    mode = MODES["quick" if quick else "full"]
     data = out / "phantom"
     if not data.exists():
         log(f"[bold]1/4 synth[/] {mode['cases']} phantom cases -> {data}")
@@ -88,6 +91,6 @@ def _run_demo(out: Path, mode: dict, device: str | None, seed: int) -> Path:
         test_slices_per_case=mode["test_slices_per_case"],
         device=device,
     )
-    report = run_sweep(study, **demo_pool(device))
+    report = run_sweep(study, **demo_pool(device, quick))
     log(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return report

@@ -455,8 +455,11 @@ def run_study(study: Study, *, workers: int | None = None, gpus: Sequence[str] |
     if threads:  # the set-up too: the DDPM's weights, and so the diffusion methods' results, depend on it on a CPU
         torch.set_num_threads(threads)
     since = time.time()
-    pooled = workers > 1 or bool(gpus)
-    setup = setup_study(study, pretrain=not pooled)  # a pool pretrains the DDPM in a worker, beside other runs
+    # a pool pretrains the DDPM in a worker, beside the runs that need none, where that costs it
+    # nothing: with a GPU per worker, or with --threads (which the set-up would use anyway); else
+    # on a CPU the set-up takes every core first, as the DDPM is often the longest job
+    beside = (workers > 1 or bool(gpus)) and (bool(gpus) or threads is not None)
+    setup = setup_study(study, pretrain=not beside)
     clock.tick()
     runs = shard_runs(study_runs(study, Cache(setup.cache)), shard)
     with progress_bar() as bar:
