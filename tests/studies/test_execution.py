@@ -182,7 +182,7 @@ def test_setup_under_torchrun_prepares_once_and_pretrains_with_every_rank(study_
                             env={**ENV, "OMP_NUM_THREADS": "1"}, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     log = [msg for _, msg in events(tmp_path / "ddp")]
-    assert [m.split(" ")[1] for m in log] == ["prepare", "pretrain"], log
+    assert [m.split(" ")[1] for m in log] == ["prepare", "pretrain", "the"] and log[-1] == "set-up: the DDPM is pretrained", log
     assert existing_setup(load_study(study)) is not None
     assert [r["step"] for r in read_log(tmp_path / "ddp" / "ddpm" / "train_log.csv")] == [2, 4]
 
