@@ -260,9 +260,10 @@ def setup_study(study: Study, pretrain: bool = True) -> StudySetup:
         if info.main:
             check_external(study, cache)
         ddpm_run = None
-        if needs_ddpm(study) and (pretrain or study.ddpm.get("run") or is_finished(_ddpm_root(study))):
-            ddpm = _ddpm_root(study)
-            trains = info.main and not study.ddpm.get("run") and not is_finished(ddpm)
+        ddpm = _ddpm_root(study)
+        ready = bool(study.ddpm.get("run")) or is_finished(ddpm)
+        if needs_ddpm(study) and (pretrain or ready):
+            trains = info.main and not ready
             if trains:
                 log_event(out, f"set-up: {'resume' if ddpm.exists() else 'pretrain'} the DDPM -> {ddpm}")
             ddpm_run = pretrain_study_ddpm(study, cache)
@@ -458,7 +459,7 @@ def run_study(study: Study, *, workers: int | None = None, gpus: Sequence[str] |
     # a pool pretrains the DDPM in a worker, beside the runs that need none, where that costs it
     # nothing: with a GPU per worker, or with --threads (which the set-up would use anyway); else
     # on a CPU the set-up takes every core first, as the DDPM is often the longest job
-    beside = (workers > 1 or bool(gpus)) and (bool(gpus) or threads is not None)
+    beside = bool(gpus) or (workers > 1 and threads is not None)
     setup = setup_study(study, pretrain=not beside)
     clock.tick()
     runs = shard_runs(study_runs(study, Cache(setup.cache)), shard)
@@ -530,7 +531,7 @@ def _run_pool(study: Study, setup: StudySetup, runs: list[RunKey], workers: int,
                 except BrokenProcessPool:
                     raise SemisegInputError(None, f"a worker process died while running {run or 'the DDPM pretraining'} or another "
                                                   "run (killed, or out of memory?); start the sweep again to resume the unfinished runs") from None
-                except Exception as exc:  # the pretraining failed: no diffusion run can start
+                except Exception as exc:  # the pretraining failed (or a worker could not run a run): hand out no more
                     stop = exc
                     continue
                 if outcome.status == BUSY:  # another process holds it: waited for after the others
