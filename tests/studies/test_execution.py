@@ -165,6 +165,40 @@ def test_pool_pins_each_worker_to_a_gpu_and_its_threads():
     assert sorted(placements) == [("3", 1), ("5", 1)]
 
 
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
+def test_pool_workers_end_when_the_sweep_is_killed(tmp_path: Path):
+    """``kill -9`` of a sweep must not leave its workers training unseen."""
+    import time
+
+    script = (
+        "import os, time\n"
+        "from semiseg.studies.execution import make_pool\n"
+        "pool = make_pool(1, None, threads=1)\n"
+        "pid = pool.submit(os.getpid).result()\n"
+        "pool.submit(time.sleep, 120)\n"
+        "print(pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    sweep = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    worker = int(sweep.stdout.readline())
+    assert _running(worker)
+    sweep.kill()
+    sweep.wait()
+    deadline = time.time() + 20
+    while _running(worker) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _running(worker), "the worker outlived its sweep"
+
+
 def test_setup_under_torchrun_prepares_once_and_pretrains_with_every_rank(study_data: Path, tmp_path: Path):
     """As a Slurm set-up job with several tasks runs it (one process per GPU; here two on the CPU)."""
     import shutil

@@ -31,6 +31,7 @@ import datetime
 import multiprocessing
 import os
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
@@ -389,8 +390,18 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def _exit_with(parent: int) -> None:
+    """End this process once ``parent`` is gone. A killed sweep (``kill PID``, SIGKILL) cannot stop
+    its pool, whose workers would go on training unseen; the run a worker leaves is resumable,
+    as after any kill."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def _init_worker(slots, threads: int) -> None:
     """Pin a pool worker before it touches CUDA: its own GPU (if any) and its share of the cores."""
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     gpu = slots.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
