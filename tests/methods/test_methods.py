@@ -18,8 +18,8 @@ CASES = [
     ("supervised", 2, TINY_NET),
     ("supervised", 3, TINY_NET),
     ("mean-teacher", 2, TINY_NET),
-    ("embedmatch", 2, TINY_NET + ["teacher.warmup=0.25", "train.batch_size=2"]),
-    ("embedmatch", 3, TINY_NET + ["teacher.warmup=0.25", "uncertainty.passes=2"]),
+    ("embedmatch", 2, TINY_NET + ["teacher.warmup=0.25", "teacher.start_dice=0", "train.batch_size=2"]),
+    ("embedmatch", 3, TINY_NET + ["teacher.warmup=0.25", "teacher.start_dice=0", "uncertainty.passes=2"]),
     ("ddpm-finetune", 2, []),
     ("ddpm-pixel", 2, ["ensemble=2", "blocks=[0,1]", "pixels_per_step=256"]),
 ]
@@ -51,7 +51,7 @@ def test_method_trains_and_predicts(method, dims, extra, tiny_cache: Path, tiny_
 def test_embedmatch_diagnostics_measured_against_ground_truth(tiny_cache: Path, tmp_path: Path):
     run = tmp_path / "em"
     train(tiny_cache, "embedmatch", run, preset="small", n_labelled=3, seed=0,
-          overrides=TINY + TINY_NET + ["dims=2", "train.steps=6", "teacher.warmup=0.34", "uncertainty.threshold=0.3"])
+          overrides=TINY + TINY_NET + ["dims=2", "train.steps=6", "teacher.warmup=0.34", "teacher.start_dice=0", "uncertainty.threshold=0.3"])
     rows = read_log(run / "diagnostics.csv")
     assert rows, "diagnostics.csv has no rows"
     last = rows[-1]
@@ -59,6 +59,16 @@ def test_embedmatch_diagnostics_measured_against_ground_truth(tiny_cache: Path, 
     assert abs(last["reliable"] + last["matched"] - 1.0) < 1e-6  # the bank is full, so every voxel gets a label
     # the unlabelled slices come from annotated training patients: accuracies are measured, not NaN
     assert np.isfinite(last["acc_teacher"])
+    assert last["pseudo_from"] == 2  # start_dice 0: right after the 2-step warm-up
+
+
+def test_embedmatch_says_when_its_teacher_never_fitted(tiny_cache: Path, tmp_path: Path):
+    run = tmp_path / "em"
+    train(tiny_cache, "embedmatch", run, preset="small", n_labelled=3, seed=0,
+          overrides=TINY + TINY_NET + ["dims=2", "teacher.warmup=0.25", "teacher.start_dice=1.01"])
+    rows = read_log(run / "diagnostics.csv")
+    assert len(rows) == 1 and rows[0]["step"] == 4 and rows[0]["pseudo_from"] == -1 and np.isnan(rows[0]["reliable"])
+    assert 0.0 <= rows[0]["teacher_fit"] <= 1.0
 
 
 def test_bank_matching_picks_nearest_class():

@@ -13,6 +13,7 @@ from semiseg.data.labels import BINARY, BRATS2021
 from semiseg.methods.embedmatch import EmbedMatch
 from semiseg.models.unet import SegUNet
 from semiseg.training.augment import StrongAugmenter
+from semiseg.training.losses import IGNORE
 
 
 def test_mc_predict_equals_separate_passes_without_dropout_and_varies_with_it():
@@ -85,6 +86,41 @@ def test_reliability_does_not_depend_on_the_class_count():
             assert diag["reliable"] == 0.0, (scheme.name, measure)
 
 
+def test_pseudo_labelling_waits_until_the_teacher_fits_the_labelled_images():
+    m = EmbedMatch(load_config(EmbedMatch.config_files, "small", overrides=["network.features=[8,8,8,8,8,4]", "dims=2",
+                                                                            "teacher.start_dice=0.5"]), data_info())
+    labels = torch.zeros(2, 16, 16, dtype=torch.long)
+    labels[:, 4:8, 4:8] = 1
+    wrong = torch.nn.functional.one_hot(torch.zeros_like(labels), 2).movedim(-1, 1).float()  # all background
+    right = torch.nn.functional.one_hot(labels, 2).movedim(-1, 1).float()
+    assert not any(m.gate(wrong, labels, step) for step in range(20))
+    assert float(m.teacher_fit) == 0.0 and int(m.pseudo_from) == -1
+    opened = [m.gate(right, labels, step) for step in range(20, 40)]
+    first = opened.index(True)
+    assert 0 < first and all(opened[first:]) and int(m.pseudo_from) == 20 + first  # a running mean: not at once
+    assert m.gate(wrong, labels, 40)  # once started, it stays on
+    assert EmbedMatch(load_config(EmbedMatch.config_files, "small", overrides=["network.features=[8,8,8,8,8,4]", "dims=2", "teacher.start_dice=0"]),
+                      data_info()).gate(wrong, labels, 7)
+
+
+def test_pseudo_dice_weighs_a_missed_small_class_and_ignores_unlabelled_voxels():
+    def method(dice: float) -> EmbedMatch:
+        cfg = load_config(EmbedMatch.config_files, "small", overrides=["network.features=[8,8,8,8,8,4]", "dims=2", f"loss.pseudo_dice={dice}"])
+        return EmbedMatch(cfg, data_info())
+
+    pseudo = torch.zeros(2, 16, 16, dtype=torch.long)
+    pseudo[:, 5:7, 5:7] = 1  # a small structure: 16 of 512 voxels
+    pseudo[:, 12:, :] = IGNORE
+    weights = (pseudo != IGNORE).float()
+    logits = torch.zeros(2, 2, 16, 16)
+    logits[:, 0] = 4.0  # the student misses the structure
+    ce_only, with_dice = method(0.0).pseudo_loss(logits, pseudo, weights), method(1.0).pseudo_loss(logits, pseudo, weights)
+    assert ce_only < 0.2 and with_dice - ce_only > 0.9  # cross-entropy barely notices, the Dice term counts it fully
+    other = logits.clone()
+    other[:, :, 12:, :] = torch.randn(2, 2, 4, 16)  # voxels without a pseudo-label do not count
+    assert torch.allclose(method(1.0).pseudo_loss(other, pseudo, weights), with_dice)
+
+
 def test_embedmatch_resume_with_views_is_exact(tiny_cache: Path, tmp_path: Path, monkeypatch):
     """A run interrupted after its step-2 checkpoint and resumed ends with the weights, bank and
     teacher of an uninterrupted run: all randomness (views, MC dropout, bank picks, query subset)
@@ -92,7 +128,7 @@ def test_embedmatch_resume_with_views_is_exact(tiny_cache: Path, tmp_path: Path,
     from semiseg.runs import train
     from semiseg.training.checkpoint import latest_checkpoint, load_model_state
 
-    over = TINY + TINY_NET + ["dims=2", "teacher.warmup=0.25", "teacher.policy=ema", "unlabelled.weak=true",
+    over = TINY + TINY_NET + ["dims=2", "teacher.warmup=0.25", "teacher.start_dice=0", "teacher.policy=ema", "unlabelled.weak=true",
                               "unlabelled.strong.prob=1.0", "unlabelled.strong.cutout=1", "unlabelled.strong.cutout_prob=1.0",
                               "matching.max_queries=50", "matching.boundary_fraction=0.5", "uncertainty.passes=2"]
     train(tiny_cache, "embedmatch", tmp_path / "straight", preset="small", n_labelled=3, seed=0, overrides=over)

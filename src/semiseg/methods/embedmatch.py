@@ -14,9 +14,12 @@ A teacher, trained on the labelled data, looks at unlabelled images with Monte C
   labelled class frequencies, or ``fused`` with the teacher's own probabilities), and the mean
   similarity can weight the voxel's loss.
 
-The student learns from the labelled loss, the pseudo-label loss and an entropy-minimisation term
-on its unlabelled predictions; with a strong view configured (``unlabelled.strong``) the teacher
-labels the weak view and the student learns on the strong one (FixMatch). The paper publishes no
+The student learns from the labelled loss, the pseudo-label loss (cross-entropy plus a soft Dice,
+so that background voxels do not outvote a small structure) and an entropy-minimisation term on its
+unlabelled predictions. Pseudo-labelling starts after the warm-up once the teacher fits the labelled
+images (``teacher.start_dice``), not at a fixed step: an unfit teacher labels nearly all
+background. With a strong view configured (``unlabelled.strong``) the teacher labels the weak view
+and the student learns on the strong one (FixMatch). The paper publishes no
 code; every choice it leaves open is a setting in ``embedmatch.yaml`` with our default. The
 reference bank is a FIFO queue per class filled from each labelled batch (optionally favouring
 voxels on class boundaries), and matching runs in chunks, so memory is fixed whatever the image
@@ -33,6 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceLoss
 
 from semiseg.errors import SemisegInputError
 from semiseg.methods.base import make_ema, register
@@ -40,6 +44,7 @@ from semiseg.methods.mean_teacher import noisy
 from semiseg.methods.segmentation import SegmentationMethod
 from semiseg.models.unet import build_unet
 from semiseg.preprocess.cache import DataInfo
+from semiseg.training.distributed import all_reduce_mean
 from semiseg.training.log import CsvLog
 from semiseg.training.losses import IGNORE, entropy, sigmoid_rampup
 
@@ -86,8 +91,15 @@ class EmbedMatch(SegmentationMethod):
         self.register_buffer("bank_next", torch.zeros(self.num_classes, dtype=torch.long))
         # labelled voxels seen per class (the prior of matching.vote=prior)
         self.register_buffer("class_counts", torch.zeros(self.num_classes, dtype=torch.float64))
+        # the teacher's running foreground Dice on labelled batches, and the step pseudo-labelling began (-1: not yet)
+        self.register_buffer("teacher_fit", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("pseudo_from", torch.tensor(-1, dtype=torch.long))
+        self.register_buffer("fit_updates", torch.tensor(0, dtype=torch.long))
         self._epoch_sums: dict[str, list[float]] = {}
         self._diagnostics: CsvLog | None = None
+        # over the whole batch: many unlabelled slices hold no structure, and a per-image Dice would
+        # punish every false-positive voxel on them as hard as a missed structure
+        self.pseudo_dice = DiceLoss(include_background=False, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -96,6 +108,46 @@ class EmbedMatch(SegmentationMethod):
     def warmup_steps(self) -> int:
         total = self.ctx.total_steps if self.ctx else 0
         return int(float(self.config["teacher"]["warmup"]) * total)
+
+    def fit(self) -> float:
+        """The teacher's running foreground Dice on labelled batches, corrected for its start at 0."""
+        n = int(self.fit_updates)
+        return float(self.teacher_fit) / (1.0 - 0.9**n) if n else 0.0
+
+    @torch.no_grad()
+    def gate(self, teacher_logits: torch.Tensor, labels: torch.Tensor, step: int) -> bool:
+        """Whether pseudo-labelling runs at ``step``. It starts, for good, once the teacher's
+        foreground Dice on the labelled batches (a running mean) reaches ``teacher.start_dice``:
+        a teacher that does not yet fit the labelled images labels nearly everything background,
+        and its pseudo-labels would pull the student there (a fixed warm-up cannot know when)."""
+        if int(self.pseudo_from) >= 0:
+            return True
+        dice = self.foreground_dice(teacher_logits.argmax(1), labels)
+        seen = {"dice": 0.0 if math.isnan(dice) else dice, "valid": 0.0 if math.isnan(dice) else 1.0}
+        if self.ctx is not None:  # every rank must decide alike: the student's graph depends on it
+            seen = all_reduce_mean(self.ctx.info, seen, teacher_logits.device)
+        if seen["valid"] > 0:  # batches without any structure leave the running mean as it is
+            self.fit_updates += 1
+            self.teacher_fit.mul_(0.9).add_(0.1 * seen["dice"] / seen["valid"])
+        if self.fit() >= float(self.config["teacher"]["start_dice"]):
+            self.pseudo_from.fill_(step)
+            return True
+        return False
+
+    def pseudo_loss(self, logits: torch.Tensor, pseudo: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Weighted cross-entropy on the pseudo-labels plus ``loss.pseudo_dice`` x a soft Dice over the
+        batch (foreground classes, voxels without a pseudo-label left out). Cross-entropy alone is
+        dominated by background voxels, so a small structure the teacher under-segments shrinks further;
+        the Dice term weighs every class alike, as the supervised loss does."""
+        ce = F.cross_entropy(logits, pseudo, ignore_index=IGNORE, reduction="none")
+        loss = (ce * weights).sum() / weights.sum().clamp_min(1.0)
+        dice_weight = float(self.config["loss"]["pseudo_dice"])
+        if dice_weight > 0:
+            known = (pseudo != IGNORE).unsqueeze(1).float()
+            target = F.one_hot(pseudo.clamp(max=self.num_classes - 1), self.num_classes).movedim(-1, 1).float()
+            w = known * weights.unsqueeze(1)
+            loss = loss + dice_weight * self.pseudo_dice(torch.softmax(logits, 1) * w, target * w)
+        return loss
 
     def after_optimizer_step(self, step: int) -> None:
         done, warm = step + 1, self.warmup_steps()
@@ -250,24 +302,25 @@ class EmbedMatch(SegmentationMethod):
         lab, unl = batch["labelled"], batch["unlabelled"]
         with torch.no_grad():
             self.teacher.module.eval()
-            _, emb = self.teacher.module.forward_features(lab["image"])
+            teacher_logits, emb = self.teacher.module.forward_features(lab["image"])
             edge = self.boundary_mask(lab["label"]).reshape(-1) if self.config["matching"]["boundary_fraction"] else None
             self.enqueue(flat_voxels(F.normalize(emb.float(), dim=1)), lab["label"].reshape(-1), edge)
+            if not self.gate(teacher_logits, lab["label"], step):
+                return sup, {"loss_sup": sup.item(), "teacher_fit": self.fit()}
         pseudo, weights, diag = self.pseudo_labels(unl["image"], unl.get("gt"))
         cfg = self.config["loss"]
         view = self.student_view(unl)
         box = self.cutmix_mask(view)
         pseudo, weights = self.mix(box, pseudo), self.mix(box, weights)
         logits = self.net(noisy(self.mix(box, view), float(cfg["noise_std"]))).float()
-        ce = F.cross_entropy(logits, pseudo, ignore_index=IGNORE, reduction="none")
-        pseudo_loss = (ce * weights).sum() / weights.sum().clamp_min(1.0)
+        pseudo_loss = self.pseudo_loss(logits, pseudo, weights)
         ent = entropy(torch.softmax(logits, 1)).mean()
         total = self.ctx.total_steps if self.ctx else 1
-        ramp = sigmoid_rampup((step - self.warmup_steps()) / max(float(cfg["rampup"]) * total, 1.0))
+        ramp = sigmoid_rampup((step - int(self.pseudo_from)) / max(float(cfg["rampup"]) * total, 1.0))
         loss = sup + ramp * (float(cfg["pseudo_weight"]) * pseudo_loss + float(cfg["entropy_weight"]) * ent)
         for k, v in diag.items():
             self._epoch_sums.setdefault(k, []).append(v)
-        return loss, {"loss_sup": sup.item(), "loss_pseudo": pseudo_loss.item(), "loss_entropy": ent.item(), **diag}
+        return loss, {"loss_sup": sup.item(), "loss_pseudo": pseudo_loss.item(), "loss_entropy": ent.item(), "teacher_fit": self.fit(), **diag}
 
     # ---- diagnostics -----------------------------------------------------------------------
     def _maybe_write_diagnostics(self, done: int) -> None:
@@ -277,9 +330,9 @@ class EmbedMatch(SegmentationMethod):
         per_epoch = max(self.unlabelled_stream.per_epoch // self.unlabelled_stream.batch_size, 1)
         if done % per_epoch and done != ctx.total_steps:
             return
-        if not self._epoch_sums:
-            return
-        row = {"step": done, "epoch": done / per_epoch}
+        if not self._epoch_sums and not (done == ctx.total_steps and int(self.pseudo_from) < 0):
+            return  # a run whose teacher never fitted still gets its one row, saying so (pseudo_from -1)
+        row = {"step": done, "epoch": done / per_epoch, "pseudo_from": int(self.pseudo_from), "teacher_fit": self.fit()}
         for key in DIAGNOSTIC_KEYS:
             vals = [v for v in self._epoch_sums.get(key, []) if not math.isnan(v)]
             row[key] = sum(vals) / len(vals) if vals else math.nan
