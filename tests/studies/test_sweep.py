@@ -215,6 +215,12 @@ def check_numbers_agree(finished: Path) -> Counter:
                 assert close(low, float(s[col + "_low"]), metric) and close(high, float(s[col + "_high"]), metric)
             else:
                 assert close(text, float(s[col]), metric if not col.endswith(("_p", "_p_holm")) else "dice"), (col, text, s[col])
+        elif c["data-src"] == "diagnostics":  # a pseudo-labelling run's diagnostics.csv: over the run or its last row
+            rows = read(finished / c["data-row"] / "diagnostics.csv")
+            how, key = col.split(":")
+            vals = [float(r[key]) for r in rows if r[key] not in ("", "nan")]
+            expected = vals[-1] if how == "last" else float(np.mean(vals))
+            assert text == ("never" if expected < 0 else str(int(expected))) if key == "pseudo_from" else close(text, expected)
         elif c["data-src"] == "patient":
             assert close(text, float(per_patient[tuple(c["data-row"].split("|"))]["value"]), c["data-row"].split("|")[4])
         else:
@@ -368,3 +374,32 @@ def test_external_method_is_scored_and_reported(finished: Path, tiny_cache: Path
     r = subprocess.run([sys.executable, "-m", "semiseg", "sweep", str(tmp_path / "other.yaml")], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "prediction folder for budget 2, seed 0 not found" in r.stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_report_shows_what_the_pseudo_labels_were(tiny_cache: Path, tmp_path: Path):
+    """embedmatch's diagnostics reach the report: one row per run, every number as in its diagnostics.csv."""
+    tiny = SETTINGS["all"] + ["teacher.warmup=0.34", "teacher.start_dice=0", "uncertainty.passes=2"]
+    spec = {"out": "em", "cache": str(tiny_cache), "methods": ["supervised", "embedmatch"], "budgets": [2], "seeds": [0, 1], "preset": "small",
+            "settings": {"supervised": SETTINGS["all"], "embedmatch": tiny}, "test_slices_per_case": 4, "overlays": 0}
+    study = tmp_path / "em.yaml"
+    study.write_text(yaml.safe_dump(spec))
+    proc = sweep(study)
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    out = tmp_path / "em"
+    checked = check_numbers_agree(out)
+    assert checked["diagnostics", "mean:reliable"] == 2 and checked["diagnostics", "last:pseudo_from"] == 2
+    assert "Pseudo-labels" in (out / "report.html").read_text()
+
+
+def test_pseudo_label_table_says_when_a_teacher_never_fitted(tmp_path: Path):
+    from semiseg.studies.report import pseudo_label_table
+
+    run = tmp_path / "runs" / "embedmatch" / "n2-s0"
+    run.mkdir(parents=True)
+    (run / "diagnostics.csv").write_text("step,epoch,pseudo_from,teacher_fit,reliable,acc_matched\n40,1.0,-1,0.2,,\n")
+    (tmp_path / "runs" / "supervised" / "n2-s0").mkdir(parents=True)
+    runs = [{"method": m, "budget": 2, "seed": 0, "folder": f"runs/{m}/n2-s0"} for m in ("supervised", "embedmatch")]
+    table = pseudo_label_table(tmp_path, {"runs": runs}, "labelled slices")
+    assert len(table.rows) == 1 and [c.text for c in table.rows[0][:5]] == ["embedmatch", "2", "0", "never", "—"]
+    assert pseudo_label_table(tmp_path, {"runs": runs[:1]}, "labelled slices") is None

@@ -266,6 +266,39 @@ def runs_table(provenance: dict[str, Any], unit: str) -> Table:
     return table
 
 
+def _run_mean(rows: list[dict[str, float]], key: str) -> float:
+    vals = [r[key] for r in rows if key in r and not math.isnan(r[key])]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def pseudo_label_table(out: Path, provenance: dict[str, Any], unit: str) -> Table | None:
+    """What each pseudo-labelling run's ``diagnostics.csv`` says (embedmatch): when pseudo-labelling
+    began, the reliable share, and whether the matched labels beat the teacher's own on the same
+    voxels, over the run and in its last pass over the unlabelled data; None when no run wrote diagnostics."""
+    from semiseg.methods.embedmatch import DIAGNOSTICS_FILE
+    from semiseg.training.log import read_log
+
+    head = [[Cell(t, header=True) for t in ("method", unit, "seed", "pseudo-labels from step", "reliable share",
+                                             "matched labels right (mean of passes)", "teacher right on them (mean of passes)",
+                                             "matched right (last pass)", "teacher right (last pass)", "teacher Dice, unlabelled (last pass)")]]
+    table = Table(head)
+    for r in provenance["runs"]:
+        path = out / r["folder"] / DIAGNOSTICS_FILE
+        rows = read_log(path) if path.is_file() else []
+        if not rows:
+            continue
+        last = rows[-1]
+        start = last.get("pseudo_from", math.nan)
+        values = {"mean:reliable": _run_mean(rows, "reliable"), "mean:acc_matched": _run_mean(rows, "acc_matched"),
+                  "mean:acc_teacher_on_matched": _run_mean(rows, "acc_teacher_on_matched")}
+        values.update({f"last:{k}": last.get(k, math.nan) for k in ("acc_matched", "acc_teacher_on_matched", "dice_teacher")})
+        folder = str(r["folder"])
+        table.rows.append([Cell(r["method"], header=True), Cell(str(r["budget"]), header=True), Cell(str(r["seed"]), header=True),
+                           Cell("—" if math.isnan(start) else "never" if start < 0 else str(int(start)), "diagnostics", folder, "last:pseudo_from")]
+                          + [Cell("—") if math.isnan(v) else Cell(f"{v:.3f}", "diagnostics", folder, col) for col, v in values.items()])
+    return table if table.rows else None
+
+
 # ---- figures of the report ---------------------------------------------------------------------
 def _overlays(study: Any, cache: Cache, keep: list[tuple[str, int]], budget: int, out: Path) -> Path | None:
     """Overlay figure for ``budget`` (first seed): image, ground truth, each method."""
@@ -441,6 +474,7 @@ def write_report(
         "class_names": cache.scheme.class_names[1:],
         "samples": samples,
         "runs": runs_table(prov, unit),
+        "pseudo": pseudo_label_table(out, prov, unit),
         "transductive": transductive,
         "method_configs": {m: json.dumps(e["config"], indent=1) for m, e in prov["methods"].items()},
         "ddpm_config": json.dumps(prov["ddpm"]["config"], indent=1) if prov.get("ddpm") else None,
