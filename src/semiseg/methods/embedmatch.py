@@ -14,12 +14,12 @@ A teacher, trained on the labelled data, looks at unlabelled images with Monte C
   labelled class frequencies, or ``fused`` with the teacher's own probabilities), and the mean
   similarity can weight the voxel's loss.
 
-The student learns from the labelled loss, the pseudo-label loss (cross-entropy plus a soft Dice,
-so that background voxels do not outvote a small structure) and an entropy-minimisation term on its
-unlabelled predictions. Pseudo-labelling starts after the warm-up once the teacher fits the labelled
-images (``teacher.start_dice``), not at a fixed step: an unfit teacher labels nearly all
-background. With a strong view configured (``unlabelled.strong``) the teacher labels the weak view
-and the student learns on the strong one (FixMatch). The paper publishes no
+The student learns from the labelled loss, the pseudo-label loss (cross-entropy, optionally plus a
+soft Dice: ``loss.pseudo_dice``) and an entropy-minimisation term on its unlabelled predictions.
+Pseudo-labelling starts after the warm-up once the teacher fits the labelled images
+(``teacher.start_dice``), not at a fixed step: an unfit teacher labels nearly all background.
+With a strong view configured (``unlabelled.strong``) the teacher labels the weak view and the
+student learns on the strong one (FixMatch). The paper publishes no
 code; every choice it leaves open is a setting in ``embedmatch.yaml`` with our default. The
 reference bank is a FIFO queue per class filled from each labelled batch (optionally favouring
 voxels on class boundaries), and matching runs in chunks, so memory is fixed whatever the image
