@@ -63,8 +63,10 @@ class DDPMFinetune(SegmentationMethod):
         if self.training:
             noise = torch.randn_like(x)  # fresh noise per call, as braintumor-ddpm's q_sample(noise=None)
         else:
+            # one fixed noise field shared by every slice (as ddpm-pixel's): a slice's prediction
+            # then does not depend on which batch, or which place in it, the slice was given
             g = torch.Generator(device="cpu").manual_seed(PREDICT_NOISE_SEED)
-            noise = torch.randn(x.shape, generator=g).to(x.device, x.dtype)
+            noise = torch.randn((1, *x.shape[1:]), generator=g).to(x.device, x.dtype).expand_as(x)
         noisy, t = self._noised(x, noise)
         return self.unet(noisy, t)
 
