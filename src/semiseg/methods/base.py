@@ -48,6 +48,18 @@ def make_ema(module: nn.Module, decay: float) -> AveragedModel:
     return ema
 
 
+def check_predict_settings(cfg: Mapping[str, Any]) -> None:
+    """One-line errors for ``predict`` settings no prediction can use, raised when a method is built,
+    so a bad value stops ``semiseg train`` before it trains, not its evaluation after."""
+    for key in ("batch_size", "windows"):
+        value = cfg.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SemisegInputError(None, f"predict.{key} must be an integer of at least 1, got {value!r}")
+    overlap = cfg.get("overlap", 0.5)
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
+        raise SemisegInputError(None, f"predict.overlap must be a number from 0 up to (not including) 1, got {overlap!r}")
+
+
 class Method(Trainable):
     """Base class of every method; see the module docstring for the hooks."""
 
@@ -67,6 +79,7 @@ class Method(Trainable):
         self.channels = data.channels
         self.num_classes = self.scheme.num_classes
         self.dims = int(config.get("dims", 2))
+        check_predict_settings(config.get("predict") or {})
 
     # ---- inference ------------------------------------------------------------------------
     @torch.no_grad()
