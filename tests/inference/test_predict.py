@@ -153,3 +153,25 @@ def test_an_mha_dataset_round_trips_its_geometry_exactly(tmp_path: Path):
     (tmp_path / "pred" / "m_004.mha").unlink()  # no ground truth for the imagesTs case
     result = evaluate_folders(tmp_path / "pred", root)
     assert result.summary["n_cases"] == 4 and list(result.summary["regions"]) == ["lesion"]
+
+
+def test_auto_batch_size_is_small_on_a_cpu_and_changes_no_prediction():
+    import torch
+
+    from helpers import data_info
+    from semiseg.config import load_config
+    from semiseg.inference.predict import predict_slices
+    from semiseg.methods.base import CPU_PREDICT_BATCH, get_method
+
+    cls = get_method("supervised")
+    cfg = load_config(cls.config_files, "small", overrides=["network.features=[8,8,16,16,16,8]"])
+    assert cfg["predict"]["batch_size"] == "auto"
+    model = cls(cfg, data_info(slice_size=32)).eval()
+    assert model.predict_batch_size() == CPU_PREDICT_BATCH
+    slices = torch.randn(7, 1, 32, 32, generator=torch.Generator().manual_seed(0)).numpy()
+    calls: list[int] = []
+    probs, _ = predict_slices(model, slices, on_batch=calls.append)
+    assert calls == [2, 2, 2, 1]
+    model.config["predict"]["batch_size"] = 7
+    together, _ = predict_slices(model, slices)
+    np.testing.assert_allclose(probs, together, rtol=1e-4, atol=1e-6)

@@ -48,13 +48,21 @@ def make_ema(module: nn.Module, decay: float) -> AveragedModel:
     return ema
 
 
+#: slices per forward when predicting 2D with ``predict.batch_size: auto`` (README: Performance)
+CPU_PREDICT_BATCH = 2
+GPU_PREDICT_BATCH = 16
+
+
 def check_predict_settings(cfg: Mapping[str, Any]) -> None:
     """One-line errors for ``predict`` settings no prediction can use, raised when a method is built,
     so a bad value stops ``semiseg train`` before it trains, not its evaluation after."""
     for key in ("batch_size", "windows"):
         value = cfg.get(key, 1)
+        if key == "batch_size" and value == "auto":
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise SemisegInputError(None, f"predict.{key} must be an integer of at least 1, got {value!r}")
+            also = " or auto" if key == "batch_size" else ""
+            raise SemisegInputError(None, f"predict.{key} must be an integer of at least 1{also}, got {value!r}")
     overlap = cfg.get("overlap", 0.5)
     if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
         raise SemisegInputError(None, f"predict.overlap must be a number from 0 up to (not including) 1, got {overlap!r}")
@@ -94,8 +102,13 @@ class Method(Trainable):
         raise NotImplementedError(f"{self.name} has no embedding")
 
     def predict_batch_size(self) -> int:
-        """Slices per forward when predicting 2D."""
-        return int(self.config.get("predict", {}).get("batch_size", 8))
+        """Slices per forward when predicting 2D (``predict.batch_size``; ``auto``: few on a CPU,
+        whose caches a small batch's activations fit, :data:`GPU_PREDICT_BATCH` on a GPU)."""
+        value = self.config.get("predict", {}).get("batch_size", "auto")
+        if value == "auto":
+            on_cpu = next(self.parameters()).device.type == "cpu"
+            return CPU_PREDICT_BATCH if on_cpu else GPU_PREDICT_BATCH
+        return int(value)
 
     def predict_windows(self) -> int:
         """Sliding-window patches per forward when predicting 3D (memory grows with it)."""
