@@ -201,6 +201,11 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+def is_count(value: Any, least: int = 0) -> bool:
+    """Whether a setting is an integer (not a bool) of at least ``least``: a step, batch or item count."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 @functools.cache
 def shipped_kinds() -> dict[str, frozenset[str]]:
     """Every setting of every shipped preset file (dotted path) -> the kinds of value it has there."""

@@ -5,10 +5,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
-from helpers import TINY, TINY_NET, blob_case, write_brats_case, write_image
+from helpers import TINY, TINY_NET, blob_case, data_info, write_brats_case, write_image
+from semiseg.config import load_config
 from semiseg.errors import SemisegInputError
-from semiseg.inference.predict import predict
+from semiseg.inference.predict import predict, predict_slices
+from semiseg.methods.base import CPU_PREDICT_BATCH, get_method
 from semiseg.runs import train
 
 
@@ -156,13 +159,6 @@ def test_an_mha_dataset_round_trips_its_geometry_exactly(tmp_path: Path):
 
 
 def test_auto_batch_size_is_small_on_a_cpu_and_changes_no_prediction():
-    import torch
-
-    from helpers import data_info
-    from semiseg.config import load_config
-    from semiseg.inference.predict import predict_slices
-    from semiseg.methods.base import CPU_PREDICT_BATCH, get_method
-
     cls = get_method("supervised")
     cfg = load_config(cls.config_files, "small", overrides=["network.features=[8,8,16,16,16,8]"])
     assert cfg["predict"]["batch_size"] == "auto"

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from semiseg.config import is_count
 from semiseg.errors import SemisegInputError
 from semiseg.preprocess.cache import DataInfo
 from semiseg.training.context import Trainable
@@ -56,13 +57,11 @@ GPU_PREDICT_BATCH = 16
 def check_predict_settings(cfg: Mapping[str, Any]) -> None:
     """One-line errors for ``predict`` settings no prediction can use, raised when a method is built,
     so a bad value stops ``semiseg train`` before it trains, not its evaluation after."""
-    for key in ("batch_size", "windows"):
-        value = cfg.get(key, 1)
-        if key == "batch_size" and value == "auto":
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            also = " or auto" if key == "batch_size" else ""
-            raise SemisegInputError(None, f"predict.{key} must be an integer of at least 1{also}, got {value!r}")
+    batch = cfg.get("batch_size", "auto")
+    if batch != "auto" and not is_count(batch, 1):
+        raise SemisegInputError(None, f"predict.batch_size must be an integer of at least 1 or auto, got {batch!r}")
+    if not is_count(cfg.get("windows", 1), 1):
+        raise SemisegInputError(None, f"predict.windows must be an integer of at least 1, got {cfg.get('windows')!r}")
     overlap = cfg.get("overlap", 0.5)
     if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
         raise SemisegInputError(None, f"predict.overlap must be a number from 0 up to (not including) 1, got {overlap!r}")

@@ -34,6 +34,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from semiseg.config import is_count
 from semiseg.errors import SemisegInputError
 from semiseg.files import atomic_dir, os_problem, read_json, remove_temporaries, write_json
 from semiseg.progress import log
@@ -130,10 +131,6 @@ class Checkpoint:
     meta: dict[str, Any]
 
 
-def _is_step(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _metadata_step(path: Path) -> int | None:
     """The step a safetensors file was written at (from its header; no tensor is read)."""
     try:
@@ -146,7 +143,7 @@ def _metadata_step(path: Path) -> int | None:
 
 
 def _check_meta(meta: dict[str, Any], path: Path) -> None:
-    if not _is_step(meta.get("step")):
+    if not is_count(meta.get("step")):
         raise SemisegInputError(path, f"checkpoint metadata has no valid 'step' (got {meta.get('step')!r:.40})")
     opt = meta.get("optimizer")
     if opt is not None:
@@ -158,7 +155,7 @@ def _check_meta(meta: dict[str, Any], path: Path) -> None:
         ):
             raise SemisegInputError(path, "checkpoint metadata's 'optimizer' must hold 'param_groups' (each with 'params') and 'scalars'")
     sched = meta.get("scheduler")
-    if sched is not None and (not isinstance(sched, dict) or not _is_step(sched.get("last_epoch"))):
+    if sched is not None and (not isinstance(sched, dict) or not is_count(sched.get("last_epoch"))):
         raise SemisegInputError(path, "checkpoint metadata's 'scheduler' must be an object with an integer 'last_epoch'")
 
 
@@ -217,7 +214,7 @@ def latest(run_dir: str | PathLike) -> Checkpoint | None:
     for attempt in range(3):
         obj = read_json(pointer, "checkpoint pointer")
         rel, step = obj.get("checkpoint"), obj.get("step")
-        if not isinstance(rel, str) or not _is_step(step):
+        if not isinstance(rel, str) or not is_count(step):
             raise SemisegInputError(pointer, "checkpoint pointer must hold 'checkpoint' (a folder) and 'step' (an integer)")
         folder = run_dir / rel
         if folder != step_folder(run_dir, step):

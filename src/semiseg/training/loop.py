@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from semiseg.config import is_count
 from semiseg.errors import SemisegInputError
 from semiseg.progress import log as log_line
 from semiseg.progress import progress_bar
@@ -61,7 +62,7 @@ def check_train_settings(cfg: dict[str, Any]) -> None:
         value = cfg.get(key, least)
         if value is None and key == "warmup_steps":
             continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        if not is_count(value, least):
             raise SemisegInputError(None, f"train.{key} must be an integer of at least {least}, got {value!r}")
     try:
         lr = float(cfg["lr"])
@@ -80,7 +81,7 @@ def check_train_settings(cfg: dict[str, Any]) -> None:
         raise SemisegInputError(None, f"train.schedule must be one of {', '.join(SCHEDULES)}, got {cfg.get('schedule')!r}")
     autocast_for(cfg.get("precision", "auto"), torch.device("cpu"))
     resolve_workers(cfg.get("workers", "auto"), torch.device("cpu"))
-    if not isinstance(cfg.get("prefetch", 2), int) or isinstance(cfg.get("prefetch", 2), bool) or cfg.get("prefetch", 2) < 1:
+    if not is_count(cfg.get("prefetch", 2), 1):
         raise SemisegInputError(None, f"train.prefetch must be a positive number of batches, got {cfg.get('prefetch')!r}")
 
 
