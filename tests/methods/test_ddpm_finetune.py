@@ -31,7 +31,12 @@ def test_fast_and_plain_unet_predict_the_same():
     p_plain, u_plain = plain.predict(x)
     torch.testing.assert_close(p_fast, p_plain, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(u_fast, u_plain, rtol=1e-4, atol=1e-5)
-    assert torch.equal(p_fast.argmax(1), p_plain.argmax(1))
+    # the labels agree wherever the top two classes are not tied within float rounding (an exact
+    # argmax comparison failed once on a near-tie)
+    top2 = p_plain.topk(2, dim=1).values
+    decided = (top2[:, 0] - top2[:, 1]) > 1e-4
+    assert decided.float().mean() > 0.99
+    assert torch.equal(p_fast.argmax(1)[decided], p_plain.argmax(1)[decided])
     assert p_fast.argmax(1).unique().numel() > 1
 
 
