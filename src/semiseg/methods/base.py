@@ -60,8 +60,9 @@ def check_predict_settings(cfg: Mapping[str, Any]) -> None:
     batch = cfg.get("batch_size", "auto")
     if batch != "auto" and not is_count(batch, 1):
         raise SemisegInputError(None, f"predict.batch_size must be an integer of at least 1 or auto, got {batch!r}")
-    if not is_count(cfg.get("windows", 1), 1):
-        raise SemisegInputError(None, f"predict.windows must be an integer of at least 1, got {cfg.get('windows')!r}")
+    windows = cfg.get("windows", 1)
+    if not is_count(windows, 1):
+        raise SemisegInputError(None, f"predict.windows must be an integer of at least 1, got {windows!r}")
     overlap = cfg.get("overlap", 0.5)
     if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
         raise SemisegInputError(None, f"predict.overlap must be a number from 0 up to (not including) 1, got {overlap!r}")
