@@ -66,7 +66,10 @@ def test_worker_pool_gives_the_sequential_results(sequential: Path, study_data: 
 
     methods = {line.split(",")[0] for line in (out / "results.csv").read_text().splitlines()[1:]}
     assert methods == {"supervised", "ddpm-finetune", "truth", "supervised+random", UPPER_BOUND}, methods
-    assert any(msg == "guided selection: 4 rounds to run (threads=1)" and pid in parent for pid, msg in log), log
+    # the two guided chains (seeds 0 and 1) ran side by side, in two new worker processes
+    chains = {msg.split(":")[0]: pid for pid, msg in log if msg.startswith("guided chain") and msg.endswith("2 rounds to run (threads=1)")}
+    assert set(chains) == {"guided chain supervised+random seed 0", "guided chain supervised+random seed 1"}, log
+    assert len(set(chains.values())) == 2 and not set(chains.values()) & (parent | runners), log
 
 
 def test_two_sweeps_at_once_never_train_the_same_run(sequential: Path, study_data: Path, tmp_path: Path):
@@ -81,7 +84,8 @@ def test_two_sweeps_at_once_never_train_the_same_run(sequential: Path, study_dat
     runs = started(out)
     assert set(runs.values()) == {1} and len(runs) == 6, runs  # the grid's 4 and the 2 upper-bound runs, each once
     assert {"supervised n=2 seed=0", "ddpm-finetune n=2 seed=0", "supervised n=2 seed=1", "ddpm-finetune n=2 seed=1"} < set(runs)
-    assert sum(m.startswith("guided selection: 4 rounds to run") for m in log) == 1  # the other process waited, then found them done
+    for seed in (0, 1):  # each chain ran once; the other process waited for it, then found it done
+        assert sum(m.startswith(f"guided chain supervised+random seed {seed}: 2 rounds to run") for m in log) == 1, log
     for log_file in out.glob("runs/*/*/train_log.csv"):  # one training each: every logged step once, in order
         steps = [int(line.split(",")[0]) for line in log_file.read_text().splitlines()[1:]]
         assert steps == sorted(set(steps)), log_file
@@ -151,6 +155,25 @@ def test_attempt_leaves_held_runs_and_this_sweeps_failures_alone(tmp_path: Path)
         record_failure(study.out, run, exc)
     outcome = attempt(study, setup, run, since=since)
     assert outcome.status == FAILED and outcome.failure.error == "ValueError: boom" and run_state(study.out, run) == FAILED
+
+
+def test_a_held_guided_chain_is_busy_and_running_the_others_are_not(tmp_path: Path):
+    """Without training anything: guided chains lock one by one, so another process's chain is
+    left to it (and shown running) while the other chains stay free for this process."""
+    from filelock import FileLock
+
+    from semiseg.studies.active import Chain
+    from semiseg.studies.execution import BUSY, RUNNING, TODO, StudySetup, chain_lock, run_chain_locked, study_states
+    from semiseg.studies.sweep import load_study
+
+    study = load_study(None, out=str(tmp_path / "s"), cache=str(tmp_path / "cache"), methods=["supervised"], budgets=[2],
+                       seeds=[0, 1], selection={"strategy": "hybrid", "rounds": [1, 2]})
+    (tmp_path / "s" / "locks").mkdir(parents=True)
+    with FileLock(tmp_path / "s" / "locks" / f"{chain_lock('supervised+hybrid', 1)}.lock"):
+        assert run_chain_locked(study, StudySetup(tmp_path / "cache", None), Chain("supervised", "hybrid", 1)) == BUSY
+        states = study_states(study, None)
+    guided = {(run.budget, run.seed): state for run, state in states.items() if run.method == "supervised+hybrid"}
+    assert guided == {(1, 0): TODO, (2, 0): TODO, (1, 1): RUNNING, (2, 1): RUNNING}
 
 
 def test_pool_pins_each_worker_to_a_gpu_and_its_threads():

@@ -108,58 +108,85 @@ def guided_methods(study: Any) -> list[str]:
     return [m for m in (plan.methods or study.methods) if get_method(m).segments]
 
 
-def guided_jobs(study: Any) -> list[tuple[str, int, int]]:
-    """Every (method label, budget, seed) run of ``study``'s guided chains in the order
-    :func:`run_guided` runs them, without running anything (none without a selection block)."""
+@dataclass(frozen=True)
+class Chain:
+    """One guided chain: a segmentation method, a strategy and a seed; its rounds depend on each
+    other, chains do not (a sweep's workers run different chains side by side)."""
+
+    method: str
+    strategy: str
+    seed: int
+
+    @property
+    def label(self) -> str:
+        return guided_label(self.method, self.strategy)
+
+
+def guided_chains(study: Any) -> list[Chain]:
+    """Every guided chain of ``study`` (none without a selection block)."""
     if not study.selection:
         return []
     plan = SelectionPlan.from_study(study.selection)
-    return [(guided_label(m, strategy), budget, seed) for m in guided_methods(study) for strategy in plan.strategies
-            for seed in study.seeds for budget in plan.rounds]
+    return [Chain(m, strategy, seed) for m in guided_methods(study) for strategy in plan.strategies for seed in study.seeds]
 
 
-def run_guided(study: Any, cache: Cache, ddpm_run: Path | None, keep: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
-    """Run (or finish) every guided chain of ``study``; returns its (method label, budget, seed) runs."""
+def guided_jobs(study: Any) -> list[tuple[str, int, int]]:
+    """Every (method label, budget, seed) run of ``study``'s guided chains, chain by chain in
+    round order, without running anything (none without a selection block)."""
+    if not study.selection:
+        return []
+    rounds = SelectionPlan.from_study(study.selection).rounds
+    return [(chain.label, budget, chain.seed) for chain in guided_chains(study) for budget in rounds]
+
+
+# The first pick needs no model and is the same for every chain of one seed: computed once per
+# process (a pool's workers each compute it again, which costs a feature pass, not a training run).
+_FIRST_PICKS: dict[tuple, Choice] = {}
+
+
+def run_chain(study: Any, cache: Cache, ddpm_run: Path | None, keep: list[tuple[str, int]], chain: Chain) -> list[tuple[str, int, int]]:
+    """Run (or finish) one guided chain; returns its (method label, budget, seed) runs."""
     from semiseg.runs import load_trained, read_run_record
     from semiseg.runs.record import CONFIG
     from semiseg.studies.sweep import run_one, run_path
     from semiseg.training.distributed import pick_device
 
     plan = SelectionPlan.from_study(study.selection)
-    methods = guided_methods(study)
     features = plan.first_features(ddpm_run, study.dims)
     if features == "ddpm" and ddpm_run is None:
         raise SemisegInputError(None, "selection.features is ddpm, but the study has no DDPM (add a diffusion method or ddpm: {run: ...})")
     device = pick_device(0, study.device)
-    first_picks: dict[tuple[str, int], Choice] = {}
+    label, seed = chain.label, chain.seed
+    labelled: list[str] = []
+    previous: Path | None = None
     done = []
-    for method in methods:
-        for strategy in plan.strategies:
-            label = guided_label(method, strategy)
-            for seed in study.seeds:
-                labelled: list[str] = []
-                previous: Path | None = None
-                for budget in plan.rounds:
-                    run = run_path(study.out, label, budget, seed)
-                    if (run / CONFIG).exists():
-                        labelled = list(read_run_record(run).plan.labelled)
-                    else:
-                        if previous is None:
-                            first = "random" if strategy == "random" else plan.first
-                            if (first, seed) not in first_picks:
-                                log(f"[bold]select[/] first {budget} items ({first}, {features} features, seed {seed})")
-                                first_picks[(first, seed)] = choose_next(
-                                    cache, study.dims, [], budget, first, ddpm_run=ddpm_run if features == "ddpm" else None,
-                                    seed=seed, candidates=plan.candidates, device=device)
-                            choice = first_picks[(first, seed)]
-                        else:
-                            log(f"[bold]select[/] {label} seed {seed}: {budget - len(labelled)} more items with {previous}")
-                            model, record = load_trained(previous, device)
-                            choice = choose_next(cache, study.dims, labelled, budget - len(labelled), strategy, method=model, seed=seed,
-                                                 passes=plan.passes, candidates=plan.candidates, device=device, negatives=record.plan.negatives)
-                        write_csv(selection_file(study.out, label, budget, seed), choice.rows(cache), SUGGESTION_FIELDS)
-                        labelled = choice.next_items
-                    run_one(study, cache, method, budget, seed, ddpm_run, keep, labelled_items=labelled, label=label)
-                    previous = run
-                    done.append((label, budget, seed))
+    for budget in plan.rounds:
+        run = run_path(study.out, label, budget, seed)
+        if (run / CONFIG).exists():
+            labelled = list(read_run_record(run).plan.labelled)
+        else:
+            if previous is None:
+                first = "random" if chain.strategy == "random" else plan.first
+                key = (str(study.out), str(cache.root), first, features, seed, budget, plan.candidates)
+                if key not in _FIRST_PICKS:
+                    log(f"[bold]select[/] first {budget} items ({first}, {features} features, seed {seed})")
+                    _FIRST_PICKS[key] = choose_next(
+                        cache, study.dims, [], budget, first, ddpm_run=ddpm_run if features == "ddpm" else None,
+                        seed=seed, candidates=plan.candidates, device=device)
+                choice = _FIRST_PICKS[key]
+            else:
+                log(f"[bold]select[/] {label} seed {seed}: {budget - len(labelled)} more items with {previous}")
+                model, record = load_trained(previous, device)
+                choice = choose_next(cache, study.dims, labelled, budget - len(labelled), chain.strategy, method=model, seed=seed,
+                                     passes=plan.passes, candidates=plan.candidates, device=device, negatives=record.plan.negatives)
+            write_csv(selection_file(study.out, label, budget, seed), choice.rows(cache), SUGGESTION_FIELDS)
+            labelled = choice.next_items
+        run_one(study, cache, chain.method, budget, seed, ddpm_run, keep, labelled_items=labelled, label=label)
+        previous = run
+        done.append((label, budget, seed))
     return done
+
+
+def run_guided(study: Any, cache: Cache, ddpm_run: Path | None, keep: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
+    """Run (or finish) every guided chain of ``study``, one after another; returns its runs."""
+    return [job for chain in guided_chains(study) for job in run_chain(study, cache, ddpm_run, keep, chain)]

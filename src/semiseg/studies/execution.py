@@ -19,8 +19,9 @@ A run's state: ``done`` (its test metrics exist), ``running`` (another process h
 
 Guided label selection (a study's ``selection`` block, :mod:`semiseg.studies.active`) runs chains
 of rounds, each round trained on the previous round's picks: they run after the study's other runs,
-one chain after another under ``OUT/locks/selection.lock`` (a process that finds it held waits),
-in the sweep's main process (or, on Slurm, in the report job). External methods' predictions are
+each chain under its own lock ``OUT/locks/selection-<method>+<strategy>-s<seed>.lock``, chains side
+by side in the sweep's worker pool (one after another with one worker, or, on Slurm, in the report
+job; a process that finds a chain held waits for it). External methods' predictions are
 checked in the set-up stage and scored whenever the report is written.
 """
 
@@ -179,7 +180,7 @@ def read_failure(out: str | PathLike, run: RunKey) -> Failure | None:
 
 def run_state(out: str | PathLike, run: RunKey, lock: str | None = None) -> str:
     """done, running, failed or to do (see the module's docstring); ``lock``: the lock that is held
-    while the run trains (default its own; guided selection's rounds: the selection lock)."""
+    while the run trains (default its own; guided selection's rounds: their chain's lock)."""
     if is_done(out, run):
         return DONE
     if is_locked(out, lock or run.name):
@@ -342,9 +343,6 @@ def failure_error(failure: Failure) -> Exception:
 # -- guided selection and external methods -------------------------------------------------------
 
 
-SELECTION = "selection"
-
-
 def guided_runs(study: Study) -> list[RunKey]:
     """The rounds of the study's guided selection chains (none without a selection block)."""
     from semiseg.studies.active import guided_jobs
@@ -352,22 +350,29 @@ def guided_runs(study: Study) -> list[RunKey]:
     return [RunKey(*job) for job in guided_jobs(study)]
 
 
-def run_selection(study: Study, setup: StudySetup) -> None:
-    """Run (or finish) the guided selection chains once, under the selection lock; a failure is
-    recorded as the failure of the first unfinished round and raised."""
-    from semiseg.studies.active import run_guided
+def chain_lock(label: str, seed: int) -> str:
+    """The lock a guided chain (method label, seed) holds while any of its rounds trains."""
+    return f"selection-{label}-s{seed}"
+
+
+def run_chain_locked(study: Study, setup: StudySetup, chain: Any, wait: bool = False) -> str:
+    """Run (or finish) one guided chain under its lock: ``done``, or ``busy`` (without ``wait``) if
+    another process holds it; a failure is recorded as that of the chain's first unfinished round
+    and raised."""
+    from semiseg.studies.active import SelectionPlan, run_chain
 
     out = Path(study.out)
-    rounds = guided_runs(study)
-    if all(is_done(out, run) for run in rounds):
-        return
-    with holding(out, SELECTION, waiting="waiting for another process running the guided selection rounds"):
+    rounds = [RunKey(chain.label, budget, chain.seed) for budget in SelectionPlan.from_study(study.selection).rounds]
+    with holding(out, chain_lock(chain.label, chain.seed), wait=wait,
+                 waiting=f"waiting for another process running the guided chain {chain.label} seed {chain.seed}") as got:
+        if not got:
+            return BUSY
         todo = [run for run in rounds if not is_done(out, run)]
         if not todo:
-            return
-        log_event(out, f"guided selection: {len(todo)} rounds to run ({_where()})")
+            return DONE
+        log_event(out, f"guided chain {chain.label} seed {chain.seed}: {len(todo)} rounds to run ({_where()})")
         try:
-            run_guided(study, Cache(setup.cache), setup.ddpm_run, [tuple(k) for k in setup.keep])
+            run_chain(study, Cache(setup.cache), setup.ddpm_run, [tuple(k) for k in setup.keep], chain)
         except Exception as exc:
             run = next((r for r in todo if not is_done(out, r)), todo[0])
             failure = record_failure(out, run, exc)
@@ -375,7 +380,54 @@ def run_selection(study: Study, setup: StudySetup) -> None:
             raise
         for run in todo:
             failure_file(out, run).unlink(missing_ok=True)
-        log_event(out, "guided selection: done")
+        log_event(out, f"guided chain {chain.label} seed {chain.seed}: done")
+        return TRAINED
+
+
+def run_selection(study: Study, setup: StudySetup, workers: int = 1, gpus: Sequence[str] | None = None,
+                  threads: int | None = None) -> None:
+    """Run (or finish) the guided selection chains: here one after another, or side by side in a
+    pool of ``workers`` processes (a chain's rounds depend on each other, chains do not). Chains
+    other processes hold are waited for; the first failure is raised once every chain has ended."""
+    from semiseg.studies.active import guided_chains
+
+    out = Path(study.out)
+    rounds = set(guided_runs(study))
+    chains = [c for c in guided_chains(study) if not all(is_done(out, r) for r in rounds if (r.method, r.seed) == (c.label, c.seed))]
+    if not chains:
+        return
+    errors: list[BaseException] = []
+    if workers == 1 and not gpus:
+        busy = []
+        for chain in chains:
+            try:
+                if run_chain_locked(study, setup, chain) == BUSY:
+                    busy.append(chain)
+            except Exception as exc:
+                errors.append(exc)
+        for chain in busy:
+            try:
+                run_chain_locked(study, setup, chain, wait=True)
+            except Exception as exc:
+                errors.append(exc)
+    else:
+        workers = min(workers, len(chains))
+        with make_pool(workers, gpus, threads or max(1, available_cores() // workers)) as pool:
+            pending = {pool.submit(run_chain_locked, study, setup, chain): chain for chain in chains}
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    chain = pending.pop(fut)
+                    try:
+                        if fut.result() == BUSY:
+                            pending[pool.submit(run_chain_locked, study, setup, chain, True)] = chain
+                    except BrokenProcessPool:
+                        raise SemisegInputError(None, f"a worker process died while running the guided chain {chain.label} seed "
+                                                      f"{chain.seed} (killed, or out of memory?); start the sweep again to resume") from None
+                    except Exception as exc:
+                        errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def shard_runs(runs: Sequence[RunKey], shard: tuple[int, int] | None) -> list[RunKey]:
@@ -489,7 +541,7 @@ def run_study(study: Study, *, workers: int | None = None, gpus: Sequence[str] |
         setup = setup_study(study)
     if study.selection:
         try:
-            run_selection(study, setup)
+            run_selection(study, setup, workers, gpus, threads)
         except Exception:
             if not keep_going:
                 raise
@@ -561,10 +613,10 @@ def _run_pool(study: Study, setup: StudySetup, runs: list[RunKey], workers: int,
 
 def study_states(study: Study, cache: Cache | None) -> dict[RunKey, str]:
     """Every run of the study and its state: the grid, the upper-bound runs (given the prepared
-    cache, which sets their budget), the guided rounds (running while the selection lock is held)."""
+    cache, which sets their budget), the guided rounds (running while their chain's lock is held)."""
     out = Path(study.out)
     states = {run: run_state(out, run) for run in study_runs(study, cache)}
-    states.update({run: run_state(out, run, SELECTION) for run in guided_runs(study) if run not in states})
+    states.update({run: run_state(out, run, chain_lock(run.method, run.seed)) for run in guided_runs(study) if run not in states})
     return states
 
 

@@ -325,7 +325,7 @@ def study_runs(study: Study, cache: Cache | None = None) -> list[RunKey]:
     """Every run the sweep trains one by one, in job order (budget, seed, method), the order of
     results.csv; given the cache, then the upper-bound runs (their budget is the cache's labelled
     pool) that are not among them. Guided selection's rounds are chains, run by
-    :func:`semiseg.studies.active.run_guided`."""
+    :func:`semiseg.studies.active.run_chain`, one chain at a time."""
     runs = [RunKey(m, b, s) for b in study.budgets for s in study.seeds for m in study.methods]
     if cache is not None:
         runs += [run for run in (RunKey(*job) for job in upper_bound_jobs(study, cache)) if run not in runs]
