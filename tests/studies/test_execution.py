@@ -52,7 +52,7 @@ def test_worker_pool_gives_the_sequential_results(sequential: Path, study_data: 
     assert (out / "results.csv").read_bytes() == (sequential / "results.csv").read_bytes()
     log = events(out)
     assert any(msg == "worker pool: 2 processes x 1 threads" for _, msg in log)
-    runners = {pid for pid, msg in log if msg.startswith("start ")}
+    runners = {pid for pid, msg in log if msg.startswith("start ") and "+" not in msg}  # the grid's and upper-bound runs
     parent = {pid for pid, msg in log if msg.startswith("set-up: prepare")}
     assert len(runners) == 2 and not runners & parent, log  # two worker processes trained the runs
     # a worker pretrained the DDPM, and a supervised run started before it was done
@@ -60,7 +60,7 @@ def test_worker_pool_gives_the_sequential_results(sequential: Path, study_data: 
     pretrain = next(pid for pid, msg in log if msg.startswith("set-up: pretrain"))
     assert pretrain in runners, log
     assert any(msg.startswith("start supervised") for msg in order[:order.index("set-up: the DDPM is pretrained")]), log
-    assert set(started(out).values()) == {1} and len(started(out)) == 6  # the grid's 4 and the 2 upper-bound runs
+    assert set(started(out).values()) == {1} and len(started(out)) == 10  # the grid's 4, the 2 upper-bound runs, 4 guided rounds
     # every kind of run is in the results: the grid, the external method, the guided rounds, the upper bound
     from semiseg.studies.stats import UPPER_BOUND
 
@@ -82,7 +82,7 @@ def test_two_sweeps_at_once_never_train_the_same_run(sequential: Path, study_dat
     log = [msg for _, msg in events(out)]
     assert sum(m.startswith("set-up: prepare") for m in log) == 1 and sum(m.startswith("set-up: pretrain") for m in log) == 1
     runs = started(out)
-    assert set(runs.values()) == {1} and len(runs) == 6, runs  # the grid's 4 and the 2 upper-bound runs, each once
+    assert set(runs.values()) == {1} and len(runs) == 10, runs  # the grid's 4, 2 upper-bound runs, 4 guided rounds: each once
     assert {"supervised n=2 seed=0", "ddpm-finetune n=2 seed=0", "supervised n=2 seed=1", "ddpm-finetune n=2 seed=1"} < set(runs)
     for seed in (0, 1):  # each chain ran once; the other process waited for it, then found it done
         assert sum(m.startswith(f"guided chain supervised+random seed {seed}: 2 rounds to run") for m in log) == 1, log

@@ -188,7 +188,9 @@ def test_study_on_slurm_survives_preemption(slurm_cluster: Cluster, sequential: 
     submitted = semiseg("--executor", "slurm", "--cpus-per-run", "1", "--time", "1:00:00")
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     jobs = json.loads((out / "slurm" / "jobs.json").read_text())["submissions"][0]
-    assert jobs["setup"] and len(jobs["runs"]) == 4 and f"job array {jobs['array']} (4 runs)" in submitted.stdout
+    # the grid's 4 runs and the guided chain of each seed (rounds 1 and 2), one array task each
+    assert jobs["setup"] and len(jobs["runs"]) == 8 and f"job array {jobs['array']} (8 runs)" in submitted.stdout
+    assert len(set(jobs["runs"].values())) == 6 and jobs["runs"]["supervised+random-n1-s0"] == jobs["runs"]["supervised+random-n2-s0"]
 
     # preempt the first supervised run midway: Slurm sends USR2 (as before a preemption or the time
     # limit); submitit checkpoints the task and requeues it
@@ -220,9 +222,9 @@ def test_study_on_slurm_survives_preemption(slurm_cluster: Cluster, sequential: 
 
     listing = semiseg("--list")
     assert listing.returncode == 0, listing.stderr
-    # the grid's 4 runs (array tasks), and the 2 upper-bound runs and 4 guided rounds of the report job
+    # the grid's 4 runs and 4 guided rounds (array tasks), and the 2 upper-bound runs of the report job
     assert "done: 10, running: 0, failed: 0, to do: 0" in listing.stdout and target in listing.stdout
-    assert listing.stdout.count("COMPLETED") >= 4
+    assert listing.stdout.count("COMPLETED") >= 8
 
     again = semiseg("--executor", "slurm")  # nothing left to submit: the report is written here
     assert again.returncode == 0 and "report:" in again.stdout, again.stderr

@@ -20,6 +20,7 @@ record, a finished one is skipped, and picks are deterministic for a seed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -144,11 +145,13 @@ def guided_jobs(study: Any) -> list[tuple[str, int, int]]:
 _FIRST_PICKS: dict[tuple, Choice] = {}
 
 
-def run_chain(study: Any, cache: Cache, ddpm_run: Path | None, keep: list[tuple[str, int]], chain: Chain) -> list[tuple[str, int, int]]:
-    """Run (or finish) one guided chain; returns its (method label, budget, seed) runs."""
+def run_chain(study: Any, cache: Cache, ddpm_run: Path | None, keep: list[tuple[str, int]], chain: Chain,
+              on_round: Callable[[int, bool], None] | None = None) -> list[tuple[str, int, int]]:
+    """Run (or finish) one guided chain; returns its (method label, budget, seed) runs.
+    ``on_round(budget, finished)`` is called as each unfinished round starts and ends."""
     from semiseg.runs import load_trained, read_run_record
     from semiseg.runs.record import CONFIG
-    from semiseg.studies.sweep import run_one, run_path
+    from semiseg.studies.sweep import TEST_METRICS, run_one, run_path
     from semiseg.training.distributed import pick_device
 
     plan = SelectionPlan.from_study(study.selection)
@@ -181,7 +184,12 @@ def run_chain(study: Any, cache: Cache, ddpm_run: Path | None, keep: list[tuple[
                                      passes=plan.passes, candidates=plan.candidates, device=device, negatives=record.plan.negatives)
             write_csv(selection_file(study.out, label, budget, seed), choice.rows(cache), SUGGESTION_FIELDS)
             labelled = choice.next_items
+        todo = not (run / TEST_METRICS).exists()
+        if todo and on_round:
+            on_round(budget, False)
         run_one(study, cache, chain.method, budget, seed, ddpm_run, keep, labelled_items=labelled, label=label)
+        if todo and on_round:
+            on_round(budget, True)
         previous = run
         done.append((label, budget, seed))
     return done

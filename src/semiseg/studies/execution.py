@@ -355,14 +355,29 @@ def chain_lock(label: str, seed: int) -> str:
     return f"selection-{label}-s{seed}"
 
 
+def chain_rounds(study: Study, chain: Any) -> list[RunKey]:
+    """The runs of one guided chain (:class:`semiseg.studies.active.Chain`), in round order."""
+    from semiseg.studies.active import SelectionPlan
+
+    return [RunKey(chain.label, budget, chain.seed) for budget in SelectionPlan.from_study(study.selection).rounds]
+
+
+def unfinished_chains(study: Study) -> list[Any]:
+    """The study's guided chains with a round not done (none without a selection block)."""
+    from semiseg.studies.active import guided_chains
+
+    out = Path(study.out)
+    return [c for c in guided_chains(study) if not all(is_done(out, r) for r in chain_rounds(study, c))]
+
+
 def run_chain_locked(study: Study, setup: StudySetup, chain: Any, wait: bool = False) -> str:
     """Run (or finish) one guided chain under its lock: ``done``, or ``busy`` (without ``wait``) if
     another process holds it; a failure is recorded as that of the chain's first unfinished round
     and raised."""
-    from semiseg.studies.active import SelectionPlan, run_chain
+    from semiseg.studies.active import run_chain
 
     out = Path(study.out)
-    rounds = [RunKey(chain.label, budget, chain.seed) for budget in SelectionPlan.from_study(study.selection).rounds]
+    rounds = chain_rounds(study, chain)
     with holding(out, chain_lock(chain.label, chain.seed), wait=wait,
                  waiting=f"waiting for another process running the guided chain {chain.label} seed {chain.seed}") as got:
         if not got:
@@ -371,8 +386,18 @@ def run_chain_locked(study: Study, setup: StudySetup, chain: Any, wait: bool = F
         if not todo:
             return DONE
         log_event(out, f"guided chain {chain.label} seed {chain.seed}: {len(todo)} rounds to run ({_where()})")
+        started: dict[int, float] = {}
+
+        def on_round(budget: int, finished: bool) -> None:  # each round in the log, as a run of the grid
+            run = RunKey(chain.label, budget, chain.seed)
+            if finished:
+                log_event(out, f"done {run} in {time.perf_counter() - started[budget]:.1f} s")
+            else:
+                started[budget] = time.perf_counter()
+                log_event(out, f"start {run} ({_where()})")
+
         try:
-            run_chain(study, Cache(setup.cache), setup.ddpm_run, [tuple(k) for k in setup.keep], chain)
+            run_chain(study, Cache(setup.cache), setup.ddpm_run, [tuple(k) for k in setup.keep], chain, on_round)
         except Exception as exc:
             run = next((r for r in todo if not is_done(out, r)), todo[0])
             failure = record_failure(out, run, exc)
@@ -385,15 +410,12 @@ def run_chain_locked(study: Study, setup: StudySetup, chain: Any, wait: bool = F
 
 
 def run_selection(study: Study, setup: StudySetup, workers: int = 1, gpus: Sequence[str] | None = None,
-                  threads: int | None = None) -> None:
-    """Run (or finish) the guided selection chains: here one after another, or side by side in a
-    pool of ``workers`` processes (a chain's rounds depend on each other, chains do not). Chains
-    other processes hold are waited for; the first failure is raised once every chain has ended."""
-    from semiseg.studies.active import guided_chains
-
-    out = Path(study.out)
-    rounds = set(guided_runs(study))
-    chains = [c for c in guided_chains(study) if not all(is_done(out, r) for r in rounds if (r.method, r.seed) == (c.label, c.seed))]
+                  threads: int | None = None, chains: list[Any] | None = None) -> None:
+    """Run (or finish) the guided selection chains (default: every unfinished one): here one after
+    another, or side by side in a pool of ``workers`` processes (a chain's rounds depend on each
+    other, chains do not). Chains other processes hold are waited for; the first failure is raised
+    once every chain has ended."""
+    chains = unfinished_chains(study) if chains is None else chains
     if not chains:
         return
     errors: list[BaseException] = []

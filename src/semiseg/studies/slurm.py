@@ -5,11 +5,12 @@ One ``semiseg sweep STUDY --executor slurm`` call submits, from a login node:
 1. the set-up stage (prepare + shared DDPM) as one job, if it is not done yet; with several GPUs
    it runs one task per GPU and the DDPM trains with DDP across them;
 2. the unfinished runs as one job array that starts when the set-up job has succeeded, at most
-   ``array_parallelism`` tasks at a time;
+   ``array_parallelism`` tasks at a time; a guided selection chain (its rounds depend on each
+   other) is one task of the array that trains its rounds one after another;
 3. a report job that starts when every array task has ended (finished, failed or cancelled), runs
-   what cannot be an array task (guided selection's chains of rounds; the upper-bound runs when the
-   data were not prepared at submission, so their budget was unknown) and writes results, summary,
-   figures and report from the finished runs, naming the others.
+   what cannot be an array task (the upper-bound runs when the data were not prepared at
+   submission, so their budget was unknown) and writes results, summary, figures and report from
+   the finished runs, naming the others.
 
 Every job is checkpointable (submitit's ``checkpoint`` + requeue): a job that Slurm preempts or
 that reaches its time limit gets the USR2 signal first, is requeued and, when it starts again,
@@ -30,6 +31,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import submitit
 import torch
@@ -45,15 +47,17 @@ from semiseg.studies.execution import (
     RUNNING,
     TODO,
     attempt,
+    chain_lock,
+    chain_rounds,
     check_external_early,
     existing_setup,
-    guided_runs,
     holding,
-    is_done,
+    run_chain_locked,
     run_selection,
     run_state,
     setup_study,
     slurm_job_id,
+    unfinished_chains,
     write_report_now,
 )
 from semiseg.studies.sweep import RunKey, Study, study_runs
@@ -212,15 +216,20 @@ class SetupTask(Checkpointable):
 
 
 class RunTask(Checkpointable):
-    """One array task: train and test one run under its lock (resuming it if it was started)."""
+    """One array task: train and test one run under its lock (resuming it if it was started), or
+    the rounds of one guided chain (:class:`semiseg.studies.active.Chain`) under the chain's lock."""
 
     def __init__(self, study: Study, threads: int | None) -> None:
         self.study = study
         self.threads = threads
 
-    def __call__(self, run: RunKey) -> str:
+    def __call__(self, item: RunKey | Any) -> str:
         clock = _in_job(self.study, self.threads)
-        status = attempt(self.study, _setup_done(self.study), run, wait=True, raise_errors=True).status
+        setup = _setup_done(self.study)
+        if isinstance(item, RunKey):
+            status = attempt(self.study, setup, item, wait=True, raise_errors=True).status
+        else:
+            status = run_chain_locked(self.study, setup, item, wait=True)
         clock.tick()
         return status
 
@@ -250,9 +259,10 @@ class ReportTask(Checkpointable):
         for run in study_runs(self.study, Cache(setup.cache)):
             if run.name not in self.submitted and run_state(out, run) == TODO:
                 attempt(self.study, setup, run, wait=True)  # a failure is recorded and reported
-        if self.study.selection:
+        chains = [c for c in unfinished_chains(self.study) if not any(r.name in self.submitted for r in chain_rounds(self.study, c))]
+        if chains:  # guided chains without an array task (queued by an earlier submission, since cancelled)
             try:
-                run_selection(self.study, setup)
+                run_selection(self.study, setup, chains=chains)
             except Exception:  # recorded as the failure of its round, which the report names
                 pass
         report = write_report_now(self.study, setup)
@@ -311,10 +321,12 @@ def submit_study(study: Study, opts: SlurmOptions) -> Submission | None:
         status = slurm_status(out)
         queued = {name for name, (_, state) in (status.runs if status else {}).items() if state in ACTIVE}
         prepared = existing_setup(study, complete=False)
-        todo = [r for r in study_runs(study, Cache(prepared.cache) if prepared else None)
-                if run_state(out, r) not in (DONE, RUNNING) and r.name not in queued]
-        # what only the report job runs: guided rounds, upper-bound runs whose budget is not known yet
-        extra = (study.upper_bound and prepared is None) or any(not is_done(out, r) for r in guided_runs(study))
+        todo: list[Any] = [r for r in study_runs(study, Cache(prepared.cache) if prepared else None)
+                           if run_state(out, r) not in (DONE, RUNNING) and r.name not in queued]
+        todo += [c for c in unfinished_chains(study)  # a guided chain: one task, its rounds in turn
+                 if not any(r.name in queued or run_state(out, r, chain_lock(c.label, c.seed)) == RUNNING for r in chain_rounds(study, c))]
+        # what only the report job runs: upper-bound runs whose budget is not known yet
+        extra = study.upper_bound and prepared is None
         if not todo and not (extra and not (status and status.report and status.report[1] in ACTIVE)):
             return None
         setup_id, new_setup = None, None
@@ -327,6 +339,8 @@ def submit_study(study: Study, opts: SlurmOptions) -> Submission | None:
                 new_setup = _submitted("set-up job", lambda: executor.submit(SetupTask(study, opts.threads)))
                 setup_id = new_setup.job_id
         after_setup = f"afterok:{setup_id}" if setup_id else None
+        # each run's name and its array task (a chain's task runs each of its rounds)
+        names = [[item.name] if isinstance(item, RunKey) else [r.name for r in chain_rounds(study, item)] for item in todo]
         jobs, array_id = [], None
         try:
             if todo:
@@ -334,14 +348,14 @@ def submit_study(study: Study, opts: SlurmOptions) -> Submission | None:
                 jobs = _submitted("job array", lambda: executor.map_array(RunTask(study, opts.threads), todo))
                 array_id = jobs[0].job_id.split("_")[0]
             executor = _executor(out, opts, "semiseg-report", opts.gpus_per_run, dependency=f"afterany:{array_id}" if array_id else after_setup)
-            report = _submitted("report job", lambda: executor.submit(ReportTask(study, opts.threads, [r.name for r in todo] + sorted(queued))))
+            report = _submitted("report job", lambda: executor.submit(ReportTask(study, opts.threads, [n for task in names for n in task] + sorted(queued))))
         except BaseException:
             if new_setup is not None:  # nothing would wait for it
                 new_setup.cancel(check=False)
             raise
         submission = Submission(
             datetime.datetime.now().isoformat(timespec="seconds"), setup_id, array_id, report.job_id,
-            {run.name: job.job_id for run, job in zip(todo, jobs)},
+            {name: job.job_id for task, job in zip(names, jobs) for name in task},
         )
         previous = [asdict(s) for s in read_submissions(out)]
         write_json(out / SLURM / JOBS, {"submissions": previous + [asdict(submission)]})
