@@ -131,24 +131,15 @@ def guided_chains(study: Any) -> list[Chain]:
     return [Chain(m, strategy, seed) for m in guided_methods(study) for strategy in plan.strategies for seed in study.seeds]
 
 
-def guided_jobs(study: Any) -> list[tuple[str, int, int]]:
-    """Every (method label, budget, seed) run of ``study``'s guided chains, chain by chain in
-    round order, without running anything (none without a selection block)."""
-    if not study.selection:
-        return []
-    rounds = SelectionPlan.from_study(study.selection).rounds
-    return [(chain.label, budget, chain.seed) for chain in guided_chains(study) for budget in rounds]
-
-
 # The first pick needs no model and is the same for every chain of one seed: computed once per
 # process (a pool's workers each compute it again, which costs a feature pass, not a training run).
 _FIRST_PICKS: dict[tuple, Choice] = {}
 
 
 def run_chain(study: Any, cache: Cache, ddpm_run: Path | None, keep: list[tuple[str, int]], chain: Chain,
-              on_round: Callable[[int, bool], None] | None = None) -> list[tuple[str, int, int]]:
-    """Run (or finish) one guided chain; returns its (method label, budget, seed) runs.
-    ``on_round(budget, finished)`` is called as each unfinished round starts and ends."""
+              on_round: Callable[[int, bool], None] | None = None) -> None:
+    """Run (or finish) one guided chain. ``on_round(budget, finished)`` is called as each
+    unfinished round starts and ends."""
     from semiseg.runs import load_trained, read_run_record
     from semiseg.runs.record import CONFIG
     from semiseg.studies.sweep import TEST_METRICS, run_one, run_path
@@ -162,7 +153,6 @@ def run_chain(study: Any, cache: Cache, ddpm_run: Path | None, keep: list[tuple[
     label, seed = chain.label, chain.seed
     labelled: list[str] = []
     previous: Path | None = None
-    done = []
     for budget in plan.rounds:
         run = run_path(study.out, label, budget, seed)
         if (run / CONFIG).exists():
@@ -191,10 +181,4 @@ def run_chain(study: Any, cache: Cache, ddpm_run: Path | None, keep: list[tuple[
         if todo and on_round:
             on_round(budget, True)
         previous = run
-        done.append((label, budget, seed))
-    return done
 
-
-def run_guided(study: Any, cache: Cache, ddpm_run: Path | None, keep: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
-    """Run (or finish) every guided chain of ``study``, one after another; returns its runs."""
-    return [job for chain in guided_chains(study) for job in run_chain(study, cache, ddpm_run, keep, chain)]

@@ -20,8 +20,8 @@ A run's state: ``done`` (its test metrics exist), ``running`` (another process h
 Guided label selection (a study's ``selection`` block, :mod:`semiseg.studies.active`) runs chains
 of rounds, each round trained on the previous round's picks: they run after the study's other runs,
 each chain under its own lock ``OUT/locks/selection-<method>+<strategy>-s<seed>.lock``, chains side
-by side in the sweep's worker pool (one after another with one worker, or, on Slurm, in the report
-job; a process that finds a chain held waits for it). External methods' predictions are
+by side in the sweep's worker pool (one after another with one worker; on Slurm one array task
+each); a process that finds a chain held waits for it. External methods' predictions are
 checked in the set-up stage and scored whenever the report is written.
 """
 
@@ -344,10 +344,11 @@ def failure_error(failure: Failure) -> Exception:
 
 
 def guided_runs(study: Study) -> list[RunKey]:
-    """The rounds of the study's guided selection chains (none without a selection block)."""
-    from semiseg.studies.active import guided_jobs
+    """The rounds of the study's guided selection chains, chain by chain in round order (none
+    without a selection block)."""
+    from semiseg.studies.active import guided_chains
 
-    return [RunKey(*job) for job in guided_jobs(study)]
+    return [run for chain in guided_chains(study) for run in chain_rounds(study, chain)]
 
 
 def chain_lock(label: str, seed: int) -> str:
