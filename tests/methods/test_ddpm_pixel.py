@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from helpers import data_info, ddpm_block
@@ -37,8 +38,10 @@ def test_one_forward_for_all_timesteps_gives_each_timesteps_features():
     torch.testing.assert_close(model.pixel_features(x), torch.cat(expected, dim=1), rtol=1e-5, atol=1e-5)
 
 
-def test_prediction_is_the_ensemble_on_full_resolution_features():
+@pytest.mark.parametrize("block_rows", [4096, 1000])  # one block of rows per member, or several and a partial one
+def test_prediction_is_the_ensemble_on_full_resolution_features(monkeypatch, block_rows):
     # blocks 0-1 are at 16 px, 2 at 32 px: both upsampling and no upsampling are exercised
+    monkeypatch.setattr("semiseg.methods.ddpm_pixel.MEMBER_ROWS", block_rows)
     model = pixel(["blocks=[1,0,2]", "timesteps=[0.05,0.3]", "ensemble=3"])
     x = images()
     with torch.no_grad():

@@ -38,6 +38,8 @@ from semiseg.training.losses import class_weights
 #: slices a training step draws its pixels from
 SLICES_PER_STEP = 16
 SPILL_DIR = ".pixel_features"
+#: pixels per block when the ensemble classifies a prediction's rows (see DDPMPixel.member_logits)
+MEMBER_ROWS = 4096
 
 
 class MLPEnsemble(nn.Module):
@@ -217,12 +219,24 @@ class DDPMPixel(Method):
                 col += width
                 key = tuple(part.shape[-2:])
                 at_size[key] = at_size[key] + part if key in at_size else part
-        first = bias[None, :, None, None] + sum(
-            v if k == (h, w) else F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False) for k, v in at_size.items()
-        )
+        # The full-resolution sum (members x hidden channels per pixel) is the largest tensor here, and
+        # on a CPU a fresh large tensor costs more in page faults than the arithmetic that fills it.
+        # So the sum and the first ReLU (elementwise, the same numbers) happen in place, and each
+        # member classifies rows in blocks small enough for the allocator to reuse their memory.
+        first: torch.Tensor | None = None
+        for k, v in at_size.items():
+            v = v if k == (h, w) else F.interpolate(v, size=(h, w), mode="bilinear", align_corners=False)
+            first = v if first is None else first.add_(v)
+        assert first is not None
+        first.add_(bias[None, :, None, None]).relu_()
         members = len(firsts)
-        first = first.permute(0, 2, 3, 1).reshape(b * h * w, members, -1)
-        return torch.stack([m[1:](first[:, i]) for i, m in enumerate(self.mlps.members)])
+        rows = first.permute(0, 2, 3, 1).reshape(b * h * w, members, -1)
+        out = first.new_empty(members, b * h * w, self.num_classes)
+        for i, m in enumerate(self.mlps.members):
+            assert isinstance(m[1], nn.ReLU)
+            for s in range(0, len(rows), MEMBER_ROWS):
+                out[i, s : s + MEMBER_ROWS] = m[2:](rows[s : s + MEMBER_ROWS, i].contiguous())
+        return out
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
