@@ -216,8 +216,51 @@ def _predict_seconds(tmp: Path, method: str, preset: str, extra: list[str], ddpm
     t, cpu = time.perf_counter(), cpu_seconds()
     predict(run, volume, out)
     secs, cpu = time.perf_counter() - t, cpu_seconds() - cpu
-    return {"what": f"predict one 240x240x155 volume, {method} ({preset} preset, {dims}D)", "seconds": secs, "seconds_per_volume": secs,
-            "cpu_seconds": cpu}
+    result = {"what": f"predict one 240x240x155 volume, {method} ({preset} preset, {dims}D)", "seconds": secs, "seconds_per_volume": secs,
+              "cpu_seconds": cpu}
+    if dims == 2:
+        result |= _predict_flops(run, volume, secs)
+    return result
+
+
+def _gemm_gflops(n: int = 3072, repeats: int = 5) -> float:
+    """The fastest fp32 rate this process reaches: best of a few large matrix products (GFLOP/s),
+    the ceiling a convolution network's forward can hope for on this CPU."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _predict_flops(run: Path, volume: Path, secs: float) -> dict[str, Any]:
+    """The floating-point work of a 2D prediction (torch's FLOP counter on one slice, times the
+    slices predicted) and the rate it ran at, beside the machine's matrix-product rate: how far a
+    prediction time is from what this CPU can do without changing the output."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from semiseg.inference.predict import resolve_inputs
+    from semiseg.preprocess.pipeline import prepare_case
+    from semiseg.runs.train import load_trained
+
+    method, record = load_trained(run, torch.device("cpu"))
+    (case,), _ = resolve_inputs(volume, list(record.data.modalities))
+    slices = prepare_case(case, method.scheme, record.data.normaliser, with_label=False).image.shape[-1]
+    size = record.data.slice_size
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        method.predict(torch.zeros((1, len(record.data.modalities), size, size)))
+    gflop = counter.get_total_flops() * slices / 1e9
+    gemm = _gemm_gflops()
+    return {"slices": slices, "gflop": round(gflop, 1), "gflop_per_s": round(gflop / secs, 1), "gemm_gflop_per_s": round(gemm, 1),
+            "seconds_at_gemm_rate": round(gflop / gemm, 1)}
 
 
 @bench
@@ -522,6 +565,8 @@ def table(results: dict[str, Any]) -> str:
                          f"{r['images_per_s_w0']:.1f} vs {r['images_per_s_w2']:.1f} img/s")
         if "cpu_seconds" in r:
             extra.append(f"{r['cpu_seconds']:.0f} CPU s")
+        if "gflop" in r:
+            extra.append(f"{r['gflop']:.0f} GFLOP at {r['gflop_per_s']:.0f} GFLOP/s (matrix product here: {r['gemm_gflop_per_s']:.0f})")
         lines.append(f"| {name} | {r['what']} | {r['seconds']:.1f} s | {', '.join(extra)} | {r['peak_rss_mb']:.0f} MB |")
     lines += ["", "| side by side | reference | semiseg | semiseg / reference |", "|---|---|---|---|"]
     for name, r in results.items():
