@@ -502,7 +502,10 @@ def suggest(
         Optional[str],
         typer.Option("--strategy", "-s", help="hybrid (default with a run), uncertainty, diversity, representative (first-batch default), random."),
     ] = None,
-    candidates: Annotated[str, typer.Option("--candidates", help="2D: 'all' slices of the training patients, or the paper's central 'pool'.")] = "all",
+    candidates: Annotated[
+        Optional[str],
+        typer.Option("--candidates", help="2D: 'all' slices of the training patients, their 'central' half (first-batch default), or the paper's 'pool'."),
+    ] = None,
     passes: Annotated[int, typer.Option("--passes", help="Monte Carlo dropout passes for the uncertainty.")] = 8,
     dims: Annotated[Optional[int], typer.Option("--dims", help="First batch only: 2 (slices) or 3 (cases); default 2 if the cache has slices.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of random draws, k-means and MC dropout.")] = 0,

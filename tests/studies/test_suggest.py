@@ -106,6 +106,16 @@ def test_first_batch_without_a_run(tiny_cache: Path, tiny_ddpm: Path, tmp_path: 
     rows = read(tmp_path / "a" / "suggestions.csv")
     assert sum(r["suggested"] == "yes" for r in rows) == 3 and "representative" in out
     check_items(tiny_cache, [r["item"] for r in rows], [], 2)
+    # a first batch in 2D ranks the central half of each training patient's anatomy; --candidates all widens it
+    from semiseg.preprocess.cache import Cache
+    from semiseg.training.plan import central_slices, format_slice
+
+    cache = Cache(tiny_cache)
+    central = {format_slice(c, z) for c in cache.ids("train") for z in central_slices(cache, c, 0.5)}
+    assert {r["item"] for r in rows} == central
+    code, _, err = run_main(capsys, "suggest", "none", str(tiny_cache), "--count", "3", "--candidates", "all", "--out", str(tmp_path / "c"))
+    assert code == 0, err
+    assert {r["item"] for r in read(tmp_path / "c" / "suggestions.csv")} > central
 
     from semiseg.studies.suggest import suggest
 
@@ -118,7 +128,7 @@ BAD = {
     "too many": (["--count", "100000"], "only", "unlabelled slices"),
     "needs a run": (["--strategy", "uncertainty"], "needs a trained segmentation run"),
     "unknown strategy": (["--strategy", "entropy"], "unknown selection strategy 'entropy'"),
-    "bad candidates": (["--candidates", "some"], "candidates must be one of all, pool"),
+    "bad candidates": (["--candidates", "some"], "candidates must be one of all, central, pool"),
 }
 
 

@@ -70,3 +70,18 @@ def test_negatives_are_lesion_free_slices_of_the_labelled_patients(tiny_cache: P
     assert DataPlan.from_json(plan.to_json()) == plan
     with pytest.raises(SemisegInputError, match="2D"):
         make_plan(cache, 3, n_labelled=2, negatives=1)
+
+
+def test_central_slices_are_the_middle_of_the_anatomy(tiny_cache: Path):
+    from semiseg.training.plan import central_slices, slices_with_anatomy
+
+    cache = Cache(tiny_cache)
+    case = cache.ids("train")[0]
+    zs = slices_with_anatomy(cache, case)
+    assert len(zs) >= 5  # the fixture's cases show anatomy on several slices
+    middle = central_slices(cache, case, 0.5)
+    lo, hi = zs[0], zs[-1]
+    assert middle and set(middle) < set(zs) and lo not in middle and hi not in middle
+    assert all(abs(z - (lo + hi) / 2) <= (hi - lo) / 4 for z in middle)
+    assert central_slices(cache, case, 1.0) == zs
+    assert central_slices(cache, case, 0.0) == [min(zs, key=lambda z: abs(z - (lo + hi) / 2))]

@@ -74,7 +74,7 @@ def choose_next(
     ddpm_run: Path | None = None,
     seed: int = 0,
     passes: int = 8,
-    candidates: str = "all",
+    candidates: str | None = None,
     device: str | torch.device = "cpu",
     on_case: Callable[[], None] | None = None,
     negatives: Sequence[str] = (),
@@ -84,11 +84,15 @@ def choose_next(
     With a trained segmentation ``method``, candidates are scored by its uncertainty and
     embeddings; without one (the first batch) only embedding-based or random strategies apply, on
     the decoder features of ``ddpm_run`` when given (2D), else on intensity features.
-    ``negatives``: lesion-free slices labelled as such (no candidates, no part of the next set).
+    ``candidates`` (see :func:`candidate_items`): default ``central`` for a 2D first batch,
+    ``all`` otherwise. ``negatives``: lesion-free slices labelled as such (no candidates, no part
+    of the next set).
     """
     check_strategy(strategy, cold=method is None)
     if passes < 1:
         raise SemisegInputError(None, f"MC dropout passes must be at least 1, got {passes}")
+    if candidates is None:
+        candidates = "central" if method is None and dims == 2 else "all"
     items = candidate_items(cache, dims, list(labelled) + list(negatives), candidates)
     if count > len(items):
         what = "slices" if dims == 2 else "cases"

@@ -3,8 +3,15 @@ an embedding, from a trained run or, before any run exists, from the images alon
 
 Candidates are the not-yet-labelled items of the cache's training patients: every slice of each
 that shows anatomy (2D; at least a tenth of its pixels off the background, so no slice of air above
-the head; or only the paper's central-slice pool with ``candidates="pool"``), or the patients
-themselves (3D). A test patient's item is never a candidate.
+the head), or with ``candidates="central"`` those in the middle half of each patient's anatomy
+along the slice axis, or only the paper's central-slice pool (chosen with the labels) with
+``candidates="pool"``; or the patients themselves (3D). A test patient's item is never a candidate.
+
+``central`` is the default of a 2D first batch: with no model to say where the structure is, the
+edges of the anatomy hold it least. Share of the candidate slices showing the structure, all /
+central: MSD hippocampus (real T1 MRI, 208 training patients) 0.72 / 1.00, the phantom 0.53 / 0.81.
+A model-free pick from every slice took a slice without the structure in both (README, "Which
+slices should I annotate next?").
 
 From a trained segmentation run:
 
@@ -38,9 +45,11 @@ from semiseg.methods.base import Method
 from semiseg.models.unet import dropout_layers, enable_mc_dropout
 from semiseg.preprocess.cache import Cache
 from semiseg.training.losses import entropy
-from semiseg.training.plan import format_slice, labelled_pool, parse_slice, slices_with_anatomy
+from semiseg.training.plan import central_slices, format_slice, labelled_pool, parse_slice, slices_with_anatomy
 
-CANDIDATES = ("all", "pool")
+CANDIDATES = ("all", "central", "pool")
+#: ``central`` candidates: this middle share of each patient's slices that show anatomy
+CENTRAL_FRACTION = 0.5
 #: side of the grid slices (2D) or volumes (3D) are pooled to for intensity features
 INTENSITY_GRID = {2: 16, 3: 8}
 #: noise level of the DDPM features, as a fraction of the schedule (braintumor-ddpm's t = 200 of 4,000)
@@ -77,6 +86,8 @@ def candidate_items(cache: Cache, dims: int, labelled: Sequence[str], which: str
         raise SemisegInputError(None, f"candidates must be one of {', '.join(CANDIDATES)}, got {which!r}")
     if which == "pool" or dims == 3:
         items = labelled_pool(cache, dims)
+    elif which == "central":
+        items = [format_slice(cid, z) for cid in cache.ids("train") for z in central_slices(cache, cid, CENTRAL_FRACTION)]
     else:
         items = [format_slice(cid, z) for cid in cache.ids("train") for z in slices_with_anatomy(cache, cid)]
     taken = set(labelled)

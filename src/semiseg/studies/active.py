@@ -46,7 +46,7 @@ class SelectionPlan:
     rounds: tuple[int, ...]
     first: str = "representative"
     features: str = "auto"
-    candidates: str = "all"
+    candidates: str | None = None
     passes: int = 8
     methods: tuple[str, ...] | None = None
 
@@ -73,7 +73,7 @@ class SelectionPlan:
             raise SemisegInputError(source, f"selection.first must be one of {', '.join(COLD_START)} (no model exists yet), got {plan.first!r}")
         if plan.features not in FEATURES:
             raise SemisegInputError(source, f"selection.features must be one of {', '.join(FEATURES)}, got {plan.features!r}")
-        if plan.candidates not in CANDIDATES:
+        if plan.candidates is not None and plan.candidates not in CANDIDATES:
             raise SemisegInputError(source, f"selection.candidates must be one of {', '.join(CANDIDATES)}, got {plan.candidates!r}")
         if not isinstance(plan.passes, int) or plan.passes < 1:
             raise SemisegInputError(source, f"selection.passes must be a positive integer, got {plan.passes!r}")
@@ -88,7 +88,8 @@ class SelectionPlan:
     def describe(self, ddpm_run: Path | None, dims: int) -> str:
         """One line for the report's set-up table."""
         return (f"guided ({', '.join(self.strategies)}) in rounds of {', '.join(map(str, self.rounds))} labels, "
-                f"the first by {self.first} on {self.first_features(ddpm_run, dims)} features, candidates: {self.candidates}; "
+                f"the first by {self.first} on {self.first_features(ddpm_run, dims)} features, "
+                f"candidates: {self.candidates or ('central slices first, then all' if dims == 2 else 'all')}; "
                 "the plain method names are random draws")
 
 

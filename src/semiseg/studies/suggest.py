@@ -101,7 +101,7 @@ def suggest(
     strategy: str | None = None,
     seed: int = 0,
     passes: int = 8,
-    candidates: str = "all",
+    candidates: str | None = None,
     dims: int | None = None,
     device: str | None = None,
 ) -> Suggestions:
@@ -115,7 +115,8 @@ def suggest(
             representative for a first batch.
         seed: random draws, k-means and MC dropout.
         passes: Monte Carlo dropout passes for the uncertainty.
-        candidates: ``all`` slices of the training patients, or only the paper's ``pool`` (2D).
+        candidates: 2D: ``all`` slices of the training patients that show anatomy, the ``central``
+            half of them (the default of a first batch), or the paper's ``pool``.
         dims: 2 (slices) or 3 (cases) for a first batch; a run's own otherwise.
     """
     from semiseg.runs import load_trained, read_run_record

@@ -129,6 +129,16 @@ def slices_with_anatomy(cache: Cache, case_id: str, min_foreground: float = 0.1)
     ]
 
 
+def central_slices(cache: Cache, case_id: str, fraction: float) -> list[int]:
+    """The slices of :func:`slices_with_anatomy` in the middle ``fraction`` of the case's anatomy
+    along the slice axis (1: all of them; at least the middle slice)."""
+    zs = slices_with_anatomy(cache, case_id)
+    if not zs or fraction >= 1:
+        return zs
+    mid, half = (zs[0] + zs[-1]) / 2, (zs[-1] - zs[0]) * fraction / 2
+    return [z for z in zs if abs(z - mid) <= half] or [min(zs, key=lambda z: abs(z - mid))]
+
+
 def lesion_free_slices(cache: Cache, case_id: str, min_foreground: float = 0.1) -> list[int]:
     """Slices of a labelled case without any annotated voxel that show anatomy (:func:`slices_with_anatomy`)."""
     voxels = cache.cases[case_id].slice_label_voxels
