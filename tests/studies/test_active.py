@@ -53,9 +53,10 @@ def test_guided_rounds_are_runs_reported_beside_random(dims: int, tiny_cache: Pa
     assert [r["item"] for r in picks if r["suggested"] == "yes"] == list(second[2:])
     assert first[0] not in {r["item"] for r in picks}  # labelled items are no candidates
     if dims == 2:  # the first pick keeps to the central half of the anatomy; later rounds rank every slice
+        from semiseg.selection.scoring import CENTRAL_FRACTION
         from semiseg.training.plan import central_slices, format_slice
 
-        central = {format_slice(c, z) for c in cache.ids("train") for z in central_slices(cache, c, 0.5)}
+        central = {format_slice(c, z) for c in cache.ids("train") for z in central_slices(cache, c, CENTRAL_FRACTION)}
         assert {r["item"] for r in read(out / "selection" / "supervised+hybrid" / "n2-s0.csv")} == central
         assert {r["item"] for r in picks} - central
 
@@ -91,3 +92,12 @@ def test_selection_example_studies_load(name: str):
     plan = SelectionPlan.from_study(study.selection)
     assert study.seeds == [0, 1, 2] and list(plan.rounds) == study.budgets == [2, 5, 10, 20]
     assert Path(study.out).parent.resolve() == ROOT
+
+
+def test_the_report_line_names_the_candidates_each_round_ranks():
+    from semiseg.studies.active import SelectionPlan
+
+    plan = SelectionPlan.from_study({"strategy": "hybrid", "rounds": [2, 5]})
+    assert "candidates: central first, then all;" in plan.describe(None, 2)
+    assert "candidates: all;" in plan.describe(None, 3)
+    assert "candidates: pool;" in SelectionPlan.from_study({"strategy": "hybrid", "rounds": [2], "candidates": "pool"}).describe(None, 2)

@@ -14,7 +14,7 @@ import torch
 from semiseg.errors import SemisegInputError
 from semiseg.methods.base import Method
 from semiseg.preprocess.cache import Cache
-from semiseg.selection.scoring import ItemScores, candidate_items, ddpm_features, intensity_features, score_with_run
+from semiseg.selection.scoring import ItemScores, candidate_items, ddpm_features, default_candidates, intensity_features, score_with_run
 from semiseg.selection.strategies import STRATEGIES, Selection, check_strategy, select
 from semiseg.training.plan import parse_slice
 
@@ -91,9 +91,7 @@ def choose_next(
     check_strategy(strategy, cold=method is None)
     if passes < 1:
         raise SemisegInputError(None, f"MC dropout passes must be at least 1, got {passes}")
-    if candidates is None:
-        candidates = "central" if method is None and dims == 2 else "all"
-    items = candidate_items(cache, dims, list(labelled) + list(negatives), candidates)
+    items = candidate_items(cache, dims, list(labelled) + list(negatives), candidates or default_candidates(dims, cold=method is None))
     if count > len(items):
         what = "slices" if dims == 2 else "cases"
         raise SemisegInputError(cache.root, f"asked for {count} items but only {len(items)} unlabelled {what} of training patients are left")

@@ -79,6 +79,12 @@ class ItemMaps:
     z: int
 
 
+def default_candidates(dims: int, cold: bool) -> str:
+    """The candidates when none are given: ``central`` for a 2D first batch (``cold``: no model
+    yet), ``all`` otherwise."""
+    return "central" if cold and dims == 2 else "all"
+
+
 def candidate_items(cache: Cache, dims: int, labelled: Sequence[str], which: str = "all") -> list[str]:
     """The items that may be suggested: not in ``labelled`` (which also lists a run's lesion-free
     negatives), of the training patients only."""

@@ -31,7 +31,7 @@ from semiseg.files import write_csv
 from semiseg.preprocess.cache import Cache
 from semiseg.progress import log
 from semiseg.selection import COLD_START, STRATEGIES, SUGGESTION_FIELDS, Choice, choose_next
-from semiseg.selection.scoring import CANDIDATES
+from semiseg.selection.scoring import CANDIDATES, default_candidates
 
 FEATURES = ("auto", "ddpm", "intensity")
 
@@ -87,9 +87,10 @@ class SelectionPlan:
 
     def describe(self, ddpm_run: Path | None, dims: int) -> str:
         """One line for the report's set-up table."""
+        first, later = (self.candidates,) * 2 if self.candidates else (default_candidates(dims, cold=True), default_candidates(dims, cold=False))
         return (f"guided ({', '.join(self.strategies)}) in rounds of {', '.join(map(str, self.rounds))} labels, "
                 f"the first by {self.first} on {self.first_features(ddpm_run, dims)} features, "
-                f"candidates: {self.candidates or ('central slices first, then all' if dims == 2 else 'all')}; "
+                f"candidates: {first if first == later else f'{first} first, then {later}'}; "
                 "the plain method names are random draws")
 
 
