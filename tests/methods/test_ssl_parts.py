@@ -188,3 +188,27 @@ def test_auto_reliability_is_class_quantile_in_2d_and_quantile_in_3d():
 
         assert torch.equal(reliable("auto"), reliable(same_as)), dims
     assert not torch.equal(_method(extra=["uncertainty.measure=class_quantile"]).reliable(mean), _method(extra=["uncertainty.measure=quantile"]).reliable(mean))
+
+
+def test_contrastive_head_clusters_labelled_voxels_and_the_teacher_matches_in_its_space():
+    torch.manual_seed(0)
+    m = _method(extra=["contrast.weight=1.0", "contrast.dim=6", "contrast.per_class=32", "network.dropout=0.0"])
+    assert m.bank.shape[-1] == 6 and _method().proj is None  # off by default: the raw embedding is matched
+    image = torch.randn(2, 1, 32, 32)
+    labels = (image[:, 0] > 0.5).long()  # a class the network can learn from the intensity
+    opt = torch.optim.Adam([*m.net.parameters(), *m.proj.parameters()], lr=1e-2)
+    first = None
+    for _ in range(30):
+        loss, logs = m.labelled_losses({"labelled": {"image": image, "label": labels}})
+        first = logs["loss_contrast"] if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert logs["loss_contrast"] < 0.8 * first  # the gradient reaches the head and the network
+    assert not torch.equal(m.teacher_proj.module[0].weight, m.proj[0].weight)
+    m.after_optimizer_step(m.warmup_steps() - 1)  # the warm-up ends: the teacher takes the student's head too
+    assert torch.equal(m.teacher_proj.module[0].weight, m.proj[0].weight)
+    emb = m.teacher_embedding(m.teacher.module.forward_features(image)[1])
+    assert emb.shape == (2, 6, 32, 32) and torch.allclose(emb.norm(dim=1), torch.ones(2, 32, 32), atol=1e-5)
+    one_class = m.contrastive_loss(m.net.forward_features(image)[1], torch.zeros_like(labels))
+    assert one_class.item() == 0.0 and one_class.requires_grad  # no negatives: nothing to contrast

@@ -57,6 +57,19 @@ def test_record_of_an_earlier_version_loads_with_what_the_code_did_then(tmp_path
     assert read_run_record(tmp_path).config["train"]["fused"] is False
 
 
+def test_embedmatch_record_from_before_the_contrastive_head_loads_without_it(tmp_path: Path):
+    config = load_config(["segmentation", "embedmatch"], "small", overrides=["train.steps=4", "contrast.weight=0.5"])
+    obj = RunRecord("embedmatch", "small", 1, "/cache", data_info(), DataPlan(2, ("a:3",), ("a", "b"), ("c",)), config, "0.1.0").to_json()
+    assert read_run_record_from(tmp_path, obj).config["contrast"]["weight"] == 0.5
+    del obj["config"]["contrast"]
+    assert read_run_record_from(tmp_path, obj).config["contrast"]["weight"] == 0.0  # what the code did then
+
+
+def read_run_record_from(folder: Path, obj: dict) -> RunRecord:
+    (folder / CONFIG).write_text(json.dumps(obj))
+    return read_run_record(folder)
+
+
 @pytest.mark.parametrize("drop", [("train", "lr"), ("unlabelled",), ("augment", "gamma")])
 def test_record_lacking_a_setting_that_changes_results_is_refused(tmp_path: Path, drop: tuple[str, ...]):
     """Filling such a setting with today's default would silently change a resumed run."""
