@@ -232,6 +232,8 @@ FAILURES: dict[str, tuple[W, list[str]]] = {
                                 ["train.optimizer must be one of adamw, adam, sgd, got 'adamx'"]),
     "--set schedule unknown": (lambda e: (train_args(e, "--set", "train.schedule=linear"), e.tmp / "out"),
                                ["train.schedule must be one of constant, cosine, poly, got 'linear'"]),
+    "--set contrast.dim=0": (lambda e: (train_args(e, "--set", "contrast.weight=0.1", "--set", "contrast.dim=0", method="embedmatch"), e.tmp / "out"),
+                             ["contrast.dim must be an integer of at least 1, got 0"]),
     "--set network that builds nothing": (lambda e: (train_args(e, "--set", "network.features=[8,8]"), e.tmp / "out"),
                                           ["the settings do not build a supervised model"]),
     "--set unknown key": (lambda e: (train_args(e, "--set", "train.stepz=3"), e.tmp / "out"), ["--set: unknown setting 'train.stepz'"]),

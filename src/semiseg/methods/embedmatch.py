@@ -97,6 +97,14 @@ class EmbedMatch(SegmentationMethod):
         k = int(config["matching"]["bank_per_class"])
         d = self.net.embedding_channels
         contrast = config["contrast"]
+        for key, ok, wanted in (
+            ("weight", float(contrast["weight"]) >= 0, "a number of at least 0"),
+            ("dim", int(contrast["dim"]) >= 1, "an integer of at least 1"),
+            ("temperature", float(contrast["temperature"]) > 0, "a number above 0"),
+            ("per_class", int(contrast["per_class"]) >= 1, "an integer of at least 1"),
+        ):
+            if not ok:
+                raise SemisegInputError(None, f"contrast.{key} must be {wanted}, got {contrast[key]!r}")
         self.contrast_weight = float(contrast["weight"])
         self.proj: nn.Module | None = None
         if self.contrast_weight > 0:
