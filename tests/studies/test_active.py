@@ -2,6 +2,7 @@
 random draws; the selection block is validated like the rest of a study file."""
 
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def study_yaml(tmp: Path, cache: Path, selection: dict, dims: int = 2) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dims", [2, 3])
-def test_guided_rounds_are_runs_reported_beside_random(dims: int, tiny_cache: Path, tmp_path: Path):
+def test_guided_rounds_are_runs_reported_beside_random(dims: int, tiny_cache: Path, tmp_path: Path, monkeypatch):
     from semiseg.preprocess.cache import Cache
     from semiseg.runs import read_run_record
     from semiseg.studies.sweep import load_study, run_sweep
@@ -66,6 +67,17 @@ def test_guided_rounds_are_runs_reported_beside_random(dims: int, tiny_cache: Pa
     run_sweep(load_study(tmp_path / "study.yaml"))
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/test_metrics.csv")} == finished
     assert read(out / "results.csv") == results
+
+    # interrupted between a round's suggestion and its training: the saved picks are trained on, not recomputed
+    shutil.rmtree(out / "runs" / "supervised+hybrid" / "n4-s0")
+    import semiseg.studies.active as active
+
+    def no_selection(*args, **kwargs):
+        raise AssertionError("the round's selection ran again")
+
+    monkeypatch.setattr(active, "choose_next", no_selection)
+    run_sweep(load_study(tmp_path / "study.yaml"))
+    assert read_run_record(out / "runs" / "supervised+hybrid" / "n4-s0").plan.labelled == second
 
 
 @pytest.mark.parametrize("selection, fragment", [

@@ -15,7 +15,8 @@ share the report's tables, statistics and label-efficiency plot. What each round
 scores, is in ``OUT/selection/<method>+<strategy>/n<budget>-s<seed>.csv``.
 
 Resumable like the sweep: a round whose run folder exists takes its labelled items from the run's
-record, a finished one is skipped, and picks are deterministic for a seed.
+record, one interrupted before its run folder was made from its selection file, a finished one is
+skipped, and picks are deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from semiseg.errors import SemisegInputError
-from semiseg.files import write_csv
+from semiseg.files import read_csv, write_csv
 from semiseg.preprocess.cache import Cache
 from semiseg.progress import log
 from semiseg.selection import COLD_START, STRATEGIES, SUGGESTION_FIELDS, Choice, choose_next
@@ -103,6 +104,20 @@ def selection_file(out: str | PathLike, label: str, budget: int, seed: int) -> P
     return Path(out) / "selection" / label / f"n{budget}-s{seed}.csv"
 
 
+def saved_picks(path: Path, labelled: list[str], budget: int) -> list[str] | None:
+    """The items a round's selection file marks as suggested, if it exists and completes ``labelled``
+    to ``budget`` with new items; else None (the round's selection runs again)."""
+    if not path.exists():
+        return None
+    try:
+        picks = [row["item"] for row in read_csv(path, ("item", "suggested")) if row["suggested"] == "yes"]
+    except SemisegInputError:
+        return None  # damaged: computed again and rewritten
+    if len(labelled) + len(picks) != budget or set(picks) & set(labelled) or len(set(picks)) != len(picks):
+        return None
+    return picks
+
+
 def guided_methods(study: Any) -> list[str]:
     """The segmentation methods a study's selection block runs guided chains for."""
     from semiseg.methods.base import get_method
@@ -157,8 +172,14 @@ def run_chain(study: Any, cache: Cache, ddpm_run: Path | None, keep: list[tuple[
     previous: Path | None = None
     for budget in plan.rounds:
         run = run_path(study.out, label, budget, seed)
+        picked = selection_file(study.out, label, budget, seed)
         if (run / CONFIG).exists():
             labelled = list(read_run_record(run).plan.labelled)
+        elif (saved := saved_picks(picked, labelled, budget)) is not None:
+            # interrupted after its suggestion and before its training: the picks on disk came from the
+            # same previous round, so they are reused rather than computed again (minutes per 3D round)
+            log(f"[bold]select[/] {label} seed {seed}: {budget - len(labelled)} items from {picked}")
+            labelled = labelled + saved
         else:
             if previous is None:
                 first = "random" if chain.strategy == "random" else plan.first
@@ -174,7 +195,7 @@ def run_chain(study: Any, cache: Cache, ddpm_run: Path | None, keep: list[tuple[
                 model, record = load_trained(previous, device)
                 choice = choose_next(cache, study.dims, labelled, budget - len(labelled), chain.strategy, method=model, seed=seed,
                                      passes=plan.passes, candidates=plan.candidates, device=device, negatives=record.plan.negatives)
-            write_csv(selection_file(study.out, label, budget, seed), choice.rows(cache), SUGGESTION_FIELDS)
+            write_csv(picked, choice.rows(cache), SUGGESTION_FIELDS)
             labelled = choice.next_items
         todo = not (run / TEST_METRICS).exists()
         if todo and on_round:
