@@ -39,7 +39,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
-from pytorch_metric_learning.losses import SupConLoss
 from torch import nn
 
 from semiseg.errors import SemisegInputError
@@ -113,6 +112,9 @@ class EmbedMatch(SegmentationMethod):
             d = int(contrast["dim"])
             self.proj = projection_head(self.dims, self.net.embedding_channels, d)
             self.teacher_proj = make_ema(self.proj, float(config["teacher"]["ema_decay"]))
+            # imported here: pytorch-metric-learning takes seconds to import, and only this option needs it
+            from pytorch_metric_learning.losses import SupConLoss
+
             self.supcon = SupConLoss(temperature=float(contrast["temperature"]))
         self.register_buffer("bank", torch.zeros(self.num_classes, k, d))
         self.register_buffer("bank_filled", torch.zeros(self.num_classes, dtype=torch.long))
