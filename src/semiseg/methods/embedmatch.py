@@ -235,13 +235,17 @@ class EmbedMatch(SegmentationMethod):
         embeddings (B, D, *S) of labelled voxels (B, *S): ``contrast.per_class`` voxels of each class,
         boundary voxels favoured as in the bank, so embeddings of one class cluster where the
         teacher is unsure and nearest-reference matching can label them."""
-        edge = self.boundary_mask(labels).reshape(-1) if self.config["matching"]["boundary_fraction"] else None
         flat = labels.reshape(-1)
-        idx = torch.cat(self.balanced_sample(flat, int(self.config["contrast"]["per_class"]), edge))
+        idx = torch.cat(self.balanced_sample(flat, int(self.config["contrast"]["per_class"]), self.sampling_edges(labels)))
         if flat[idx].unique().numel() < 2:  # one class only: no negatives to contrast with
             return emb.sum() * 0.0
         z = flat_voxels(self.proj(emb))[idx].float()
         return self.supcon(z, flat[idx])
+
+    def sampling_edges(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """The flat boundary mask :meth:`balanced_sample` favours for (B, *S) labels; None when
+        ``matching.boundary_fraction`` is 0 (no boundary preference, nothing to compute)."""
+        return self.boundary_mask(labels).reshape(-1) if self.config["matching"]["boundary_fraction"] else None
 
     def boundary_mask(self, labels: torch.Tensor) -> torch.Tensor:
         """(B, *S) labels -> (B, *S) True where the 3x3(x3) neighbourhood holds another class."""
@@ -371,8 +375,7 @@ class EmbedMatch(SegmentationMethod):
         with torch.no_grad():
             self.teacher.module.eval()
             teacher_logits, emb = self.teacher.module.forward_features(lab["image"])
-            edge = self.boundary_mask(lab["label"]).reshape(-1) if self.config["matching"]["boundary_fraction"] else None
-            self.enqueue(flat_voxels(self.teacher_embedding(emb)), lab["label"].reshape(-1), edge)
+            self.enqueue(flat_voxels(self.teacher_embedding(emb)), lab["label"].reshape(-1), self.sampling_edges(lab["label"]))
             if not self.gate(teacher_logits, lab["label"], step):
                 return sup, {**logs, "teacher_fit": self.fit()}
         pseudo, weights, diag = self.pseudo_labels(unl["image"], unl.get("gt"))
