@@ -84,3 +84,19 @@ def test_training_with_workers_and_half_precision(tiny_cache: Path, tmp_path: Pa
     with pytest.raises(SemisegInputError, match="train.precision must be one of auto, bf16, fp16, fp32, got 'fp8'"):
         train(tiny_cache, "supervised", tmp_path / "bad", preset="small", n_labelled=2, overrides=settings + ["train.precision=fp8"])
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("method,dims,settings,expected", [
+    ("mean-teacher", 2, ["train.batch_size=2"], 2),                                # ratio 1: as many as labelled
+    ("embedmatch", 2, ["train.batch_size=2", "unlabelled_ratio=2"], 4),            # FixMatch's mu
+    ("embedmatch", 3, ["train.batch_size=2", "unlabelled_ratio=1.5"], 3),
+    ("mean-teacher", 2, ["train.batch_size=2", "unlabelled_ratio=2", "unlabelled_batch_size=1"], 1),  # a fixed size wins
+])
+def test_the_unlabelled_batch_is_the_ratio_times_the_labelled_one(method, dims, settings, expected, tiny_cache: Path, tmp_path: Path):
+    cache = Cache(tiny_cache)
+    cls = get_method(method)
+    model = cls(load_config(cls.config_files, "small", overrides=TINY_NET + [f"dims={dims}"] + settings), cache.data_info())
+    model.setup(TrainContext(cache, make_plan(cache, dims, 2, 1), 1, DistInfo(), torch.device("cpu"), tmp_path, 8))
+    batch = model.next_batch(0)
+    assert batch["labelled"]["image"].shape[0] == 2 and batch["unlabelled"]["image"].shape[0] == expected
+    assert model.images_per_step() == 2 + expected

@@ -412,6 +412,3 @@ class EmbedMatch(SegmentationMethod):
         self._diagnostics.write(row)
         self._epoch_sums = {}
 
-    def images_per_step(self) -> int:
-        bs = int(self.config["train"]["batch_size"])
-        return bs + int(self.config.get("unlabelled_batch_size") or bs)

@@ -61,6 +61,3 @@ class MeanTeacher(SegmentationMethod):
     def after_optimizer_step(self, step: int) -> None:
         self.teacher.update_parameters(self.net)
 
-    def images_per_step(self) -> int:
-        bs = int(self.config["train"]["batch_size"])
-        return bs + int(self.config.get("unlabelled_batch_size") or bs)

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from semiseg.config import is_count
+from semiseg.errors import SemisegInputError
 from semiseg.methods.base import Method
 from semiseg.preprocess.cache import DataInfo
 from semiseg.training.augment import Augmenter, StrongAugmenter
@@ -26,6 +28,12 @@ class SegmentationMethod(Method):
         self.loss_fn = SegmentationLoss(self.num_classes, loss.get("dice_weight", 1.0), loss.get("class_weights"))
         self.labelled: SliceSource | PatchSource | None = None
         self.unlabelled: SliceSource | PatchSource | None = None
+        if self.semi_supervised:
+            fixed, ratio = config.get("unlabelled_batch_size"), config.get("unlabelled_ratio", 1.0)
+            if fixed is not None and not is_count(fixed, 1):
+                raise SemisegInputError(None, f"unlabelled_batch_size must be an integer of at least 1 or null, got {fixed!r}")
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < math.inf:
+                raise SemisegInputError(None, f"unlabelled_ratio must be a number above 0, got {ratio!r}")
 
     # ---- data ------------------------------------------------------------------------------
     def _source(self, ctx: TrainContext, items: list, labelled: bool) -> SliceSource | PatchSource:
@@ -42,8 +50,7 @@ class SegmentationMethod(Method):
             unl = ctx.plan.unlabelled_items(ctx.cache)
             if unl:
                 self.unlabelled = self._source(ctx, unl, labelled=False)
-                ubs = int(self.config.get("unlabelled_batch_size") or bs)
-                self.unlabelled_stream = Stream(len(self.unlabelled), ubs, ctx.seed + 1, ctx.info)
+                self.unlabelled_stream = Stream(len(self.unlabelled), self.unlabelled_batch_size(), ctx.seed + 1, ctx.info)
         views = self.config.get("unlabelled", {}) or {}
         self._batches = SegmentationBatches(
             self.labelled, self.labelled_stream, Augmenter(self.config.get("augment", {}), self.dims, self.data.normaliser.background_value()),
@@ -51,6 +58,18 @@ class SegmentationMethod(Method):
             self.unlabelled, self.unlabelled_stream if self.unlabelled is not None else None,
             weak=bool(views.get("weak", False)), strong=StrongAugmenter(views.get("strong"), self.dims),
         )
+
+    def unlabelled_batch_size(self) -> int:
+        """Unlabelled images per step and process: ``unlabelled_batch_size`` if set, else
+        ``unlabelled_ratio`` times the labelled batch (FixMatch's mu)."""
+        fixed = self.config.get("unlabelled_batch_size")
+        if fixed is not None:
+            return int(fixed)
+        return max(1, round(float(self.config.get("unlabelled_ratio", 1.0)) * int(self.config["train"]["batch_size"])))
+
+    def images_per_step(self) -> int:
+        bs = int(self.config["train"]["batch_size"])
+        return bs + (self.unlabelled_batch_size() if self.semi_supervised else 0)
 
     def batch_maker(self) -> SegmentationBatches:
         return self._batches
