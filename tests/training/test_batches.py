@@ -91,6 +91,8 @@ def test_training_with_workers_and_half_precision(tiny_cache: Path, tmp_path: Pa
     ("embedmatch", 2, ["train.batch_size=2", "unlabelled_ratio=2"], 4),            # FixMatch's mu
     ("embedmatch", 3, ["train.batch_size=2", "unlabelled_ratio=1.5"], 3),
     ("mean-teacher", 2, ["train.batch_size=2", "unlabelled_ratio=2", "unlabelled_batch_size=1"], 1),  # a fixed size wins
+    ("embedmatch", 2, ["train.batch_size=2", "unlabelled_ratio=auto"], 2),
+    ("embedmatch", 3, ["train.batch_size=2", "unlabelled_ratio=auto"], 8),
 ])
 def test_the_unlabelled_batch_is_the_ratio_times_the_labelled_one(method, dims, settings, expected, tiny_cache: Path, tmp_path: Path):
     cache = Cache(tiny_cache)

@@ -17,6 +17,10 @@ from semiseg.training.batches import PatchSource, SegmentationBatches, SliceSour
 from semiseg.training.context import TrainContext
 from semiseg.training.losses import IGNORE, SegmentationLoss, entropy
 
+#: ``unlabelled_ratio: auto`` per number of dimensions: 4 unlabelled patches per labelled one in 3D,
+#: 1 slice per slice in 2D (the measurements are in embedmatch.yaml)
+AUTO_UNLABELLED_RATIO = {2: 1.0, 3: 4.0}
+
 
 class SegmentationMethod(Method):
     """Base of the segmentation methods. Subclasses define :meth:`logits` (and, if
@@ -32,8 +36,8 @@ class SegmentationMethod(Method):
             fixed, ratio = config.get("unlabelled_batch_size"), config.get("unlabelled_ratio", 1.0)
             if fixed is not None and not is_count(fixed, 1):
                 raise SemisegInputError(None, f"unlabelled_batch_size must be an integer of at least 1 or null, got {fixed!r}")
-            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < math.inf:
-                raise SemisegInputError(None, f"unlabelled_ratio must be a number above 0, got {ratio!r}")
+            if ratio != "auto" and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < math.inf):
+                raise SemisegInputError(None, f"unlabelled_ratio must be a number above 0 or auto, got {ratio!r}")
 
     # ---- data ------------------------------------------------------------------------------
     def _source(self, ctx: TrainContext, items: list, labelled: bool) -> SliceSource | PatchSource:
@@ -61,11 +65,13 @@ class SegmentationMethod(Method):
 
     def unlabelled_batch_size(self) -> int:
         """Unlabelled images per step and process: ``unlabelled_batch_size`` if set, else
-        ``unlabelled_ratio`` times the labelled batch (FixMatch's mu)."""
+        ``unlabelled_ratio`` (FixMatch's mu; ``auto``: :data:`AUTO_UNLABELLED_RATIO`) times the labelled batch."""
         fixed = self.config.get("unlabelled_batch_size")
         if fixed is not None:
             return int(fixed)
-        return max(1, round(float(self.config.get("unlabelled_ratio", 1.0)) * int(self.config["train"]["batch_size"])))
+        ratio = self.config.get("unlabelled_ratio", 1.0)
+        ratio = AUTO_UNLABELLED_RATIO[self.dims] if ratio == "auto" else float(ratio)
+        return max(1, round(ratio * int(self.config["train"]["batch_size"])))
 
     def images_per_step(self) -> int:
         bs = int(self.config["train"]["batch_size"])
