@@ -74,8 +74,7 @@ class SegmentationMethod(Method):
         return max(1, round(ratio * int(self.config["train"]["batch_size"])))
 
     def images_per_step(self) -> int:
-        bs = int(self.config["train"]["batch_size"])
-        return bs + (self.unlabelled_batch_size() if self.semi_supervised else 0)
+        return super().images_per_step() + (self.unlabelled_batch_size() if self.semi_supervised else 0)
 
     def batch_maker(self) -> SegmentationBatches:
         return self._batches
