@@ -87,7 +87,9 @@ def test_training_with_workers_and_half_precision(tiny_cache: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize("method,dims,settings,expected", [
-    ("mean-teacher", 2, ["train.batch_size=2"], 2),                                # ratio 1: as many as labelled
+    ("mean-teacher", 2, ["train.batch_size=2"], 2),                                # the small preset's auto: 1 in 2D
+    ("mean-teacher", 3, ["train.batch_size=2"], 8),                                # and 4 in 3D
+    ("mean-teacher", 3, ["train.batch_size=2", "unlabelled_ratio=1"], 2),
     ("embedmatch", 2, ["train.batch_size=2", "unlabelled_ratio=2"], 4),            # FixMatch's mu
     ("embedmatch", 3, ["train.batch_size=2", "unlabelled_ratio=1.5"], 3),
     ("mean-teacher", 2, ["train.batch_size=2", "unlabelled_ratio=2", "unlabelled_batch_size=1"], 1),  # a fixed size wins
