@@ -236,6 +236,8 @@ FAILURES: dict[str, tuple[W, list[str]]] = {
                              ["contrast.dim must be an integer of at least 1, got 0"]),
     "--set unlabelled_ratio=0": (lambda e: (train_args(e, "--set", "unlabelled_ratio=0", method="mean-teacher"), e.tmp / "out"),
                                  ["unlabelled_ratio must be a number above 0 or auto, got 0"]),
+    "--set unlabelled.slices=middle": (lambda e: (train_args(e, "--set", "unlabelled.slices=middle", method="embedmatch"), e.tmp / "out"),
+                                       ["unlabelled.slices must be one of all, anatomy, central, got 'middle'"]),
     "--set unlabelled_batch_size=-1": (lambda e: (train_args(e, "--set", "unlabelled_batch_size=-1", method="embedmatch"), e.tmp / "out"),
                                        ["unlabelled_batch_size must be an integer of at least 1 or null, got -1"]),
     "--set network that builds nothing": (lambda e: (train_args(e, "--set", "network.features=[8,8]"), e.tmp / "out"),

@@ -54,8 +54,7 @@ def test_guided_rounds_are_runs_reported_beside_random(dims: int, tiny_cache: Pa
     assert [r["item"] for r in picks if r["suggested"] == "yes"] == list(second[2:])
     assert first[0] not in {r["item"] for r in picks}  # labelled items are no candidates
     if dims == 2:  # the first pick keeps to the central half of the anatomy; later rounds rank every slice
-        from semiseg.selection.scoring import CENTRAL_FRACTION
-        from semiseg.training.plan import central_slices, format_slice
+        from semiseg.training.plan import CENTRAL_FRACTION, central_slices, format_slice
 
         central = {format_slice(c, z) for c in cache.ids("train") for z in central_slices(cache, c, CENTRAL_FRACTION)}
         assert {r["item"] for r in read(out / "selection" / "supervised+hybrid" / "n2-s0.csv")} == central

@@ -108,8 +108,7 @@ def test_first_batch_without_a_run(tiny_cache: Path, tiny_ddpm: Path, tmp_path: 
     check_items(tiny_cache, [r["item"] for r in rows], [], 2)
     # a first batch in 2D ranks the central half of each training patient's anatomy; --candidates all widens it
     from semiseg.preprocess.cache import Cache
-    from semiseg.selection.scoring import CENTRAL_FRACTION
-    from semiseg.training.plan import central_slices, format_slice
+    from semiseg.training.plan import CENTRAL_FRACTION, central_slices, format_slice
 
     cache = Cache(tiny_cache)
     central = {format_slice(c, z) for c in cache.ids("train") for z in central_slices(cache, c, CENTRAL_FRACTION)}

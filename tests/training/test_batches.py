@@ -104,3 +104,16 @@ def test_the_unlabelled_batch_is_the_ratio_times_the_labelled_one(method, dims, 
     batch = model.next_batch(0)
     assert batch["labelled"]["image"].shape[0] == 2 and batch["unlabelled"]["image"].shape[0] == expected
     assert model.images_per_step() == 2 + expected
+
+
+def test_the_unlabelled_slices_setting_reaches_the_batches(tiny_cache: Path, tmp_path: Path):
+    cache = Cache(tiny_cache)
+    plan = make_plan(cache, 2, 2, 1)
+    cls = get_method("embedmatch")
+    sizes = {}
+    for which in ("all", "central"):
+        model = cls(load_config(cls.config_files, "small", overrides=TINY_NET + ["dims=2", f"unlabelled.slices={which}"]), cache.data_info())
+        model.setup(TrainContext(cache, plan, 1, DistInfo(), torch.device("cpu"), tmp_path, 8))
+        sizes[which] = len(model.unlabelled)
+    assert sizes == {"all": len(plan.unlabelled_items(cache)), "central": len(plan.unlabelled_items(cache, "central"))}
+    assert sizes["central"] < sizes["all"]

@@ -6,7 +6,7 @@ import pytest
 
 from semiseg.errors import SemisegInputError
 from semiseg.preprocess.cache import Cache
-from semiseg.training.plan import DataPlan, format_slice, make_plan, parse_slice
+from semiseg.training.plan import DataPlan, format_slice, make_plan, parse_slice, slices_with_anatomy
 
 
 def test_slice_items_round_trip_and_bad_items_are_one_line_errors():
@@ -26,6 +26,21 @@ def test_2d_plan_unlabelled_slices_leave_out_labelled_ones(tiny_cache: Path):
     assert {c for c, _ in unlabelled} == set(cache.ids("train")) | set(cache.ids("unlabelled"))
     assert not set(plan.test) & {c for c, _ in unlabelled}
     assert DataPlan.from_json(plan.to_json()) == plan
+
+
+def test_2d_unlabelled_slices_can_keep_to_the_anatomy_or_its_middle_half(tiny_cache: Path):
+    cache = Cache(tiny_cache)
+    plan = make_plan(cache, 2, n_labelled=3, seed=0)
+    every, anatomy, central = (set(plan.unlabelled_items(cache, which)) for which in ("all", "anatomy", "central"))
+    assert central < anatomy <= every and not set(plan.labelled_slices()) & every
+    for c in plan.unlabelled_cases:
+        zs = sorted(slices_with_anatomy(cache, c))
+        kept = sorted(z for case, z in central if case == c)
+        assert kept and zs[0] <= kept[0] and kept[-1] <= zs[-1] and len(kept) < len(zs)
+        assert {z for case, z in anatomy if case == c} <= set(zs)
+    assert plan.unlabelled_items(cache, "central") == plan.unlabelled_items(cache, "central")  # a fixed order, no draw
+    with pytest.raises(SemisegInputError, match="unlabelled.slices must be one of all, anatomy, central, got 'middle'"):
+        plan.unlabelled_items(cache, "middle")
 
 
 def test_3d_plan_and_ddpm_plan(tiny_cache: Path):

@@ -16,6 +16,7 @@ from semiseg.training.augment import Augmenter, StrongAugmenter
 from semiseg.training.batches import PatchSource, SegmentationBatches, SliceSource, Stream
 from semiseg.training.context import TrainContext
 from semiseg.training.losses import IGNORE, SegmentationLoss, entropy
+from semiseg.training.plan import UNLABELLED_SLICES
 
 #: ``unlabelled_ratio: auto`` per number of dimensions: 4 unlabelled patches per labelled one in 3D,
 #: 1 slice per slice in 2D (the measurements are in embedmatch.yaml)
@@ -38,6 +39,9 @@ class SegmentationMethod(Method):
                 raise SemisegInputError(None, f"unlabelled_batch_size must be an integer of at least 1 or null, got {fixed!r}")
             if ratio != "auto" and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < math.inf):
                 raise SemisegInputError(None, f"unlabelled_ratio must be a number above 0 or auto, got {ratio!r}")
+            slices = self.unlabelled_slices()
+            if slices not in UNLABELLED_SLICES:
+                raise SemisegInputError(None, f"unlabelled.slices must be one of {', '.join(UNLABELLED_SLICES)}, got {slices!r}")
 
     # ---- data ------------------------------------------------------------------------------
     def _source(self, ctx: TrainContext, items: list, labelled: bool) -> SliceSource | PatchSource:
@@ -51,7 +55,7 @@ class SegmentationMethod(Method):
         self.labelled = self._source(ctx, ctx.plan.labelled_items(), labelled=True)
         self.labelled_stream = Stream(len(self.labelled), bs, ctx.seed, ctx.info)
         if self.semi_supervised:
-            unl = ctx.plan.unlabelled_items(ctx.cache)
+            unl = ctx.plan.unlabelled_items(ctx.cache, self.unlabelled_slices())
             if unl:
                 self.unlabelled = self._source(ctx, unl, labelled=False)
                 self.unlabelled_stream = Stream(len(self.unlabelled), self.unlabelled_batch_size(), ctx.seed + 1, ctx.info)
@@ -62,6 +66,11 @@ class SegmentationMethod(Method):
             self.unlabelled, self.unlabelled_stream if self.unlabelled is not None else None,
             weak=bool(views.get("weak", False)), strong=StrongAugmenter(views.get("strong"), self.dims),
         )
+
+    def unlabelled_slices(self) -> str:
+        """Which slices of the unlabelled cases a 2D run draws from (``unlabelled.slices``, see
+        :data:`~semiseg.training.plan.UNLABELLED_SLICES`)."""
+        return (self.config.get("unlabelled", {}) or {}).get("slices", "all")
 
     def unlabelled_batch_size(self) -> int:
         """Unlabelled images per step and process: ``unlabelled_batch_size`` if set, else

@@ -45,11 +45,9 @@ from semiseg.methods.base import Method
 from semiseg.models.unet import dropout_layers, enable_mc_dropout
 from semiseg.preprocess.cache import Cache
 from semiseg.training.losses import entropy
-from semiseg.training.plan import central_slices, format_slice, labelled_pool, parse_slice, slices_with_anatomy
+from semiseg.training.plan import CENTRAL_FRACTION, central_slices, format_slice, labelled_pool, parse_slice, slices_with_anatomy
 
 CANDIDATES = ("all", "central", "pool")
-#: ``central`` candidates: this middle share of each patient's slices that show anatomy
-CENTRAL_FRACTION = 0.5
 #: side of the grid slices (2D) or volumes (3D) are pooled to for intensity features
 INTENSITY_GRID = {2: 16, 3: 8}
 #: noise level of the DDPM features, as a fraction of the schedule (braintumor-ddpm's t = 200 of 4,000)

@@ -18,6 +18,11 @@ from semiseg.preprocess.cache import Cache
 from semiseg.preprocess.splits import choose_subset, slice_pool
 
 SliceItem = tuple[str, int]
+#: which slices of the unlabelled cases a 2D run may use: every slice, those that show anatomy, or the
+#: middle :data:`CENTRAL_FRACTION` of each case's anatomy (none of them needs a label)
+UNLABELLED_SLICES = ("all", "anatomy", "central")
+#: the middle share of a case's slices with anatomy that ``central`` keeps (as label selection's candidates)
+CENTRAL_FRACTION = 0.5
 
 
 def format_slice(case_id: str, z: int) -> str:
@@ -69,13 +74,21 @@ class DataPlan:
         """Labelled slices (2D) or cases (3D)."""
         return self.labelled_slices() if self.dims == 2 else self.labelled_cases()
 
-    def unlabelled_items(self, cache: Cache) -> list[SliceItem] | list[str]:
-        """What the run may use without labels: every slice of its unlabelled cases except the
-        labelled slices (2D), or its unlabelled cases (3D)."""
+    def unlabelled_items(self, cache: Cache, slices: str = "all") -> list[SliceItem] | list[str]:
+        """What the run may use without labels: the slices of its unlabelled cases except the
+        labelled slices (2D; ``slices`` one of :data:`UNLABELLED_SLICES`), or its unlabelled cases (3D)."""
+        if slices not in UNLABELLED_SLICES:
+            raise SemisegInputError(None, f"unlabelled.slices must be one of {', '.join(UNLABELLED_SLICES)}, got {slices!r}")
         if self.dims == 3:
             return list(self.unlabelled_cases)
         taken = set(self.labelled_slices())
-        return [(c, z) for c in self.unlabelled_cases for z in range(cache.cases[c].n_slices) if (c, z) not in taken]
+
+        def usable(c: str) -> list[int]:
+            if slices == "anatomy":
+                return slices_with_anatomy(cache, c)
+            return central_slices(cache, c, CENTRAL_FRACTION) if slices == "central" else list(range(cache.cases[c].n_slices))
+
+        return [(c, z) for c in self.unlabelled_cases for z in usable(c) if (c, z) not in taken]
 
     def to_json(self) -> dict[str, Any]:
         return {
