@@ -255,6 +255,7 @@ BEFORE_SETTING: dict[str, Any] = {
     "diffusion.loss_weighting": "uniform",
     "diffusion.min_snr_gamma": 5.0,
     "unlabelled_ratio": 1.0,
+    "unlabelled.slices": "all",
     "contrast": {"weight": 0.0, "dim": 64, "temperature": 0.1, "per_class": 256},
 }
 

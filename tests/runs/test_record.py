@@ -65,6 +65,14 @@ def test_embedmatch_record_from_before_the_contrastive_head_loads_without_it(tmp
     assert read_run_record_from(tmp_path, obj).config["contrast"]["weight"] == 0.0  # what the code did then
 
 
+def test_a_record_from_before_unlabelled_slices_loads_with_every_slice(tmp_path: Path):
+    config = load_config(["segmentation", "mean_teacher"], "small", overrides=["unlabelled.slices=central"])
+    obj = RunRecord("mean-teacher", "small", 1, "/cache", data_info(), DataPlan(2, ("a:3",), ("a", "b"), ("c",)), config, "0.1.0").to_json()
+    assert read_run_record_from(tmp_path, obj).config["unlabelled"]["slices"] == "central"
+    del obj["config"]["unlabelled"]["slices"]
+    assert read_run_record_from(tmp_path, obj).config["unlabelled"]["slices"] == "all"  # what the code did then
+
+
 def read_run_record_from(folder: Path, obj: dict) -> RunRecord:
     (folder / CONFIG).write_text(json.dumps(obj))
     return read_run_record(folder)
