@@ -504,7 +504,7 @@ def suggest(
     ] = None,
     candidates: Annotated[
         Optional[str],
-        typer.Option("--candidates", help="2D: 'all' slices of the training patients, their 'central' half (first-batch default), or the paper's 'pool'."),
+        typer.Option("--candidates", help="2D: 'all' slices of the training patients, their 'central' half (default), or the paper's 'pool'."),
     ] = None,
     passes: Annotated[int, typer.Option("--passes", help="Monte Carlo dropout passes for the uncertainty.")] = 8,
     dims: Annotated[Optional[int], typer.Option("--dims", help="First batch only: 2 (slices) or 3 (cases); default 2 if the cache has slices.")] = None,

@@ -59,13 +59,13 @@ def test_suggest_then_train_as_a_user_would(run2d: Path, tiny_cache: Path, tmp_p
     assert len(suggested) == 4 and [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
     assert value.split(",") == labelled + suggested == (out / "labelled_items.txt").read_text().strip().split(",")
     check_items(tiny_cache, [r["item"] for r in rows], labelled, 2)
-    # candidates are every slice of the training patients that shows anatomy, the pool's and the others
+    # candidates are the central half of each training patient's slices that show anatomy, the pool's and others
     from semiseg.preprocess.cache import Cache
-    from semiseg.training.plan import format_slice, labelled_pool, slices_with_anatomy
+    from semiseg.training.plan import CENTRAL_FRACTION, central_slices, format_slice, labelled_pool
 
     cache = Cache(tiny_cache)
-    anatomy = {format_slice(c, z) for c in cache.ids("train") for z in slices_with_anatomy(cache, c)}
-    assert {r["item"] for r in rows} == anatomy - set(labelled)
+    central = {format_slice(c, z) for c in cache.ids("train") for z in central_slices(cache, c, CENTRAL_FRACTION)}
+    assert {r["item"] for r in rows} == central - set(labelled)
     assert {r["item"] for r in rows} - set(labelled_pool(cache, 2))
     # the default (hybrid) score is uncertainty x distance, both in the CSV
     for r in rows[:4]:

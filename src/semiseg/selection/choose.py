@@ -84,14 +84,13 @@ def choose_next(
     With a trained segmentation ``method``, candidates are scored by its uncertainty and
     embeddings; without one (the first batch) only embedding-based or random strategies apply, on
     the decoder features of ``ddpm_run`` when given (2D), else on intensity features.
-    ``candidates`` (see :func:`candidate_items`): default ``central`` for a 2D first batch,
-    ``all`` otherwise. ``negatives``: lesion-free slices labelled as such (no candidates, no part
-    of the next set).
+    ``candidates`` (see :func:`candidate_items`): default ``central`` in 2D, ``all`` in 3D.
+    ``negatives``: lesion-free slices labelled as such (no candidates, no part of the next set).
     """
     check_strategy(strategy, cold=method is None)
     if passes < 1:
         raise SemisegInputError(None, f"MC dropout passes must be at least 1, got {passes}")
-    items = candidate_items(cache, dims, list(labelled) + list(negatives), candidates or default_candidates(dims, cold=method is None))
+    items = candidate_items(cache, dims, list(labelled) + list(negatives), candidates or default_candidates(dims))
     if count > len(items):
         what = "slices" if dims == 2 else "cases"
         raise SemisegInputError(cache.root, f"asked for {count} items but only {len(items)} unlabelled {what} of training patients are left")

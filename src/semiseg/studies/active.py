@@ -88,10 +88,9 @@ class SelectionPlan:
 
     def describe(self, ddpm_run: Path | None, dims: int) -> str:
         """One line for the report's set-up table."""
-        first, later = (self.candidates,) * 2 if self.candidates else (default_candidates(dims, cold=True), default_candidates(dims, cold=False))
         return (f"guided ({', '.join(self.strategies)}) in rounds of {', '.join(map(str, self.rounds))} labels, "
                 f"the first by {self.first} on {self.first_features(ddpm_run, dims)} features, "
-                f"candidates: {first if first == later else f'{first} first, then {later}'}; "
+                f"candidates: {self.candidates or default_candidates(dims)}; "
                 "the plain method names are random draws")
 
 

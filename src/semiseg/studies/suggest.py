@@ -116,7 +116,7 @@ def suggest(
         seed: random draws, k-means and MC dropout.
         passes: Monte Carlo dropout passes for the uncertainty.
         candidates: 2D: ``all`` slices of the training patients that show anatomy, the ``central``
-            half of them (the default of a first batch), or the paper's ``pool``.
+            half of them (the default), or the paper's ``pool``.
         dims: 2 (slices) or 3 (cases) for a first batch; a run's own otherwise.
     """
     from semiseg.runs import load_trained, read_run_record
