@@ -518,7 +518,9 @@ def suggest(
                          candidates=candidates, dims=dims, device=device)
     choice = result.choice
     typer.echo(f"suggested {len(choice.suggested)} of {len(choice.scores.items)} candidates ({choice.strategy}): {', '.join(choice.suggested)}")
-    typer.echo(f"wrote {result.csv}, {result.figure} and {result.items_file}; train next on {result.cache} with:")
+    # the items are slices or cases: a method whose default dims differ (embedmatch is 3D) needs --set dims
+    typer.echo(f"wrote {result.csv}, {result.figure} and {result.items_file}; train next on {result.cache} "
+               f"({choice.dims}D items: --set dims={choice.dims}) with:")
     typer.echo(f"--labelled-items {result.labelled_items}")
 
 
