@@ -16,7 +16,7 @@ from semiseg.training.augment import Augmenter, StrongAugmenter
 from semiseg.training.batches import PatchSource, SegmentationBatches, SliceSource, Stream
 from semiseg.training.context import TrainContext
 from semiseg.training.losses import IGNORE, SegmentationLoss, entropy
-from semiseg.training.plan import UNLABELLED_SLICES
+from semiseg.training.plan import check_unlabelled_slices
 
 #: ``unlabelled_ratio: auto`` per number of dimensions: 4 unlabelled patches per labelled one in 3D,
 #: 1 slice per slice in 2D (the measurements are in embedmatch.yaml)
@@ -39,9 +39,7 @@ class SegmentationMethod(Method):
                 raise SemisegInputError(None, f"unlabelled_batch_size must be an integer of at least 1 or null, got {fixed!r}")
             if ratio != "auto" and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < math.inf):
                 raise SemisegInputError(None, f"unlabelled_ratio must be a number above 0 or auto, got {ratio!r}")
-            slices = self.unlabelled_slices()
-            if slices not in UNLABELLED_SLICES:
-                raise SemisegInputError(None, f"unlabelled.slices must be one of {', '.join(UNLABELLED_SLICES)}, got {slices!r}")
+            check_unlabelled_slices(self.unlabelled_slices())
 
     # ---- data ------------------------------------------------------------------------------
     def _source(self, ctx: TrainContext, items: list, labelled: bool) -> SliceSource | PatchSource:

@@ -46,7 +46,7 @@ from semiseg.methods.base import Method
 from semiseg.models.unet import dropout_layers, enable_mc_dropout
 from semiseg.preprocess.cache import Cache
 from semiseg.training.losses import entropy
-from semiseg.training.plan import CENTRAL_FRACTION, central_slices, format_slice, labelled_pool, parse_slice, slices_with_anatomy
+from semiseg.training.plan import case_slices, format_slice, labelled_pool, parse_slice
 
 CANDIDATES = ("all", "central", "pool")
 #: side of the grid slices (2D) or volumes (3D) are pooled to for intensity features
@@ -91,10 +91,9 @@ def candidate_items(cache: Cache, dims: int, labelled: Sequence[str], which: str
         raise SemisegInputError(None, f"candidates must be one of {', '.join(CANDIDATES)}, got {which!r}")
     if which == "pool" or dims == 3:
         items = labelled_pool(cache, dims)
-    elif which == "central":
-        items = [format_slice(cid, z) for cid in cache.ids("train") for z in central_slices(cache, cid, CENTRAL_FRACTION)]
-    else:
-        items = [format_slice(cid, z) for cid in cache.ids("train") for z in slices_with_anatomy(cache, cid)]
+    else:  # "all" candidates are the slices that show anatomy, never slices of air
+        slices = "central" if which == "central" else "anatomy"
+        items = [format_slice(cid, z) for cid in cache.ids("train") for z in case_slices(cache, cid, slices)]
     taken = set(labelled)
     return [i for i in items if i not in taken]
 

@@ -77,18 +77,11 @@ class DataPlan:
     def unlabelled_items(self, cache: Cache, slices: str = "all") -> list[SliceItem] | list[str]:
         """What the run may use without labels: the slices of its unlabelled cases except the
         labelled slices (2D; ``slices`` one of :data:`UNLABELLED_SLICES`), or its unlabelled cases (3D)."""
-        if slices not in UNLABELLED_SLICES:
-            raise SemisegInputError(None, f"unlabelled.slices must be one of {', '.join(UNLABELLED_SLICES)}, got {slices!r}")
+        check_unlabelled_slices(slices)
         if self.dims == 3:
             return list(self.unlabelled_cases)
         taken = set(self.labelled_slices())
-
-        def usable(c: str) -> list[int]:
-            if slices == "anatomy":
-                return slices_with_anatomy(cache, c)
-            return central_slices(cache, c, CENTRAL_FRACTION) if slices == "central" else list(range(cache.cases[c].n_slices))
-
-        return [(c, z) for c in self.unlabelled_cases for z in usable(c) if (c, z) not in taken]
+        return [(c, z) for c in self.unlabelled_cases for z in case_slices(cache, c, slices) if (c, z) not in taken]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -150,6 +143,20 @@ def central_slices(cache: Cache, case_id: str, fraction: float) -> list[int]:
         return zs
     mid, half = (zs[0] + zs[-1]) / 2, (zs[-1] - zs[0]) * fraction / 2
     return [z for z in zs if abs(z - mid) <= half] or [min(zs, key=lambda z: abs(z - mid))]
+
+
+def case_slices(cache: Cache, case_id: str, which: str) -> list[int]:
+    """A case's slices: every one (``all``), those that show anatomy (``anatomy``), or the middle
+    :data:`CENTRAL_FRACTION` of its anatomy (``central``)."""
+    if which == "anatomy":
+        return slices_with_anatomy(cache, case_id)
+    return central_slices(cache, case_id, CENTRAL_FRACTION) if which == "central" else list(range(cache.cases[case_id].n_slices))
+
+
+def check_unlabelled_slices(value: Any) -> None:
+    """``unlabelled.slices`` must be one of :data:`UNLABELLED_SLICES` (a one-line error otherwise)."""
+    if value not in UNLABELLED_SLICES:
+        raise SemisegInputError(None, f"unlabelled.slices must be one of {', '.join(UNLABELLED_SLICES)}, got {value!r}")
 
 
 def lesion_free_slices(cache: Cache, case_id: str, min_foreground: float = 0.1) -> list[int]:
